@@ -1,0 +1,68 @@
+"""towerkit's own components, registered through the same hooks as any plugin.
+
+Factories are lazy ``"module:attr"`` strings so that listing components does
+not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from towerkit.hookspecs import hookimpl
+
+
+@hookimpl
+def register_towers(register):
+    register(
+        "user",
+        "towerkit.towers.user:user_tower",
+        description="User id -> StringLookup + Embedding (reads 'user_id').",
+    )
+    register(
+        "movie",
+        "towerkit.towers.movie:movie_tower",
+        aliases=("item",),
+        description="Movie title -> StringLookup + Embedding (reads 'movie_title').",
+    )
+    register(
+        "id-embedding",
+        "towerkit.towers.id_embedding:IdEmbeddingTower",
+        description="Any string id feature -> StringLookup + Embedding.",
+    )
+
+
+@hookimpl
+def register_tasks(register):
+    register(
+        "retrieval",
+        "towerkit.tasks.retrieval:RetrievalTask",
+        description="In-batch softmax retrieval (tfrs.tasks.Retrieval) with FactorizedTopK.",
+    )
+
+
+@hookimpl
+def register_indexes(register):
+    register(
+        "brute-force",
+        "towerkit.indexes.brute_force:BruteForceIndex",
+        aliases=("bruteforce",),
+        description="Exact top-k by dot product over all candidates (TFRS BruteForce).",
+    )
+    register(
+        "scann",
+        "towerkit.indexes.scann_index:ScannIndex",
+        description="Approximate top-k with ScaNN (TFRS ScaNN layer).",
+    )
+
+
+@hookimpl
+def register_datasets(register):
+    register(
+        "movielens-100k",
+        "towerkit.datasets.movielens:MovieLens100K",
+        aliases=("movielens",),
+        description="MovieLens-100K ratings as implicit feedback, with the seed's 80/20 split.",
+    )
+    register(
+        "synthetic",
+        "towerkit.datasets.synthetic:SyntheticDataset",
+        description="Generated users, items and interactions with latent structure.",
+    )

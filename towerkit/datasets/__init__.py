@@ -1,0 +1,1 @@
+"""Datasets: interactions plus a candidate set, split as the seed tutorial does."""

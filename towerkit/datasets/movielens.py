@@ -1,0 +1,170 @@
+"""MovieLens-100K as the TFRS tutorial uses it, without depending on GroupLens' server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from towerkit.datasets import fetch
+from towerkit.datasets.base import RetrievalDataset, seed_split
+from towerkit.errors import ConfigError, DataError
+
+# tfds' ClassLabel names for movielens, so that integer labels match tfds exactly.
+TFDS_GENRES = (
+    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "Unknown", "War", "Western", "(no genres listed)",
+)
+TFDS_OCCUPATIONS = (
+    "academic/educator", "artist", "clerical/admin", "customer service", "doctor/health care",
+    "entertainment", "executive/managerial", "farmer", "homemaker", "lawyer", "librarian",
+    "other/not specified", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "student", "technician/engineer", "tradesman/craftsman", "unemployed",
+    "writer",
+)
+SOURCES = ("auto", "tfds", "files", "fetch")
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    genres = np.empty(len(rows), dtype=object)
+    genres[:] = [[TFDS_GENRES.index(g) for g in r["movie_genres"]] for r in rows]
+    columns = {
+        "movie_id": np.array([r["movie_id"] for r in rows], dtype=str),
+        "movie_title": np.array([r["movie_title"] for r in rows], dtype=str),
+        "movie_genres": genres,
+    }
+    if rows and "user_rating" in rows[0]:
+        columns.update(
+            user_id=np.array([r["user_id"] for r in rows], dtype=str),
+            user_rating=np.array([float(r["user_rating"]) for r in rows], dtype=np.float32),
+            timestamp=np.array([int(r["timestamp"]) for r in rows], dtype=np.int64),
+            bucketized_user_age=np.array([r["bucketized_user_age"] for r in rows], dtype=np.float32),
+            raw_user_age=np.array([r["raw_user_age"] for r in rows], dtype=np.float32),
+            user_gender=np.array([r["user_gender"] for r in rows], dtype=bool),
+            user_occupation_label=np.array(
+                [TFDS_OCCUPATIONS.index(r["user_occupation_label"]) for r in rows], dtype=np.int64
+            ),
+            user_occupation_text=np.array([r["user_occupation_text"] for r in rows], dtype=str),
+            user_zip_code=np.array([r["user_zip_code"] for r in rows], dtype=str),
+        )
+    return columns
+
+
+def parse_grouplens(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Parses u.data, u.item and u.user with tfds' own MovieLens parsers.
+
+    Raises:
+        DataError: A file is malformed; the message names the file.
+    """
+    from tensorflow_datasets.structured import movielens_parsing
+
+    try:
+        ratings = [row for _, row in movielens_parsing.parse_100k_ratings_data(str(directory))]
+        movies = [row for _, row in movielens_parsing.parse_100k_movies_data(str(directory))]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise DataError(
+            f"the MovieLens files in {directory} are malformed ({type(exc).__name__}: {exc}); "
+            f"delete the directory and run `towerkit data fetch movielens-100k`."
+        ) from exc
+    if not ratings or not movies:
+        raise DataError(f"the MovieLens files in {directory} are empty; delete them and fetch again.")
+    return _columns(ratings), _columns(movies)
+
+
+def load_tfds(data_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """Reads tfds' prepared movielens/100k-*, or returns None when it is not prepared.
+
+    It never downloads: a missing tfds copy falls through to the next source.
+    """
+    import tensorflow_datasets as tfds
+
+    tables = []
+    for name in ("movielens/100k-ratings", "movielens/100k-movies"):
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception:  # noqa: BLE001 - any tfds failure means "not available"
+            return None
+        if not builder.is_prepared():
+            return None
+        rows = list(tfds.as_numpy(builder.as_dataset(split="train")))
+        tables.append(_tfds_columns(rows))
+    return tables[0], tables[1]
+
+
+def _tfds_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if key == "movie_genres":
+            column = np.empty(len(values), dtype=object)
+            column[:] = [list(v) for v in values]
+        elif isinstance(values[0], bytes):
+            column = np.array([v.decode("utf-8") for v in values], dtype=str)
+        else:
+            column = np.array(values)
+        columns[key] = column
+    return columns
+
+
+class MovieLens100K(RetrievalDataset):
+    """MovieLens-100K ratings as implicit feedback, split 80/20 as the TFRS tutorial does.
+
+    Interactions carry the same feature keys as tfds ``movielens/100k-ratings``;
+    candidates are the 1,682 movies of ``movielens/100k-movies``.
+
+    Args:
+        data_dir: towerkit's data dir; defaults to ``$TOWERKIT_DATA`` or the user cache.
+        source: ``"auto"`` tries tfds' prepared data, then GroupLens files in
+            ``data_dir/ml-100k``, then fetches them. ``"tfds"``, ``"files"`` or
+            ``"fetch"`` use only that source.
+        tfds_data_dir: Where tfds keeps prepared data (tfds' default if None).
+        split_seed: The seed of the tutorial's shuffle.
+        train_fraction: Share of interactions used for training.
+
+    Example:
+        >>> data = towerkit.load_dataset("movielens-100k")
+        >>> len(data.train_rows), len(data.test_rows)
+        (80000, 20000)
+    """
+
+    name = "movielens-100k"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        source: str = "auto",
+        tfds_data_dir: str | None = None,
+        split_seed: int = 42,
+        train_fraction: float = 0.8,
+    ):
+        if source not in SOURCES:
+            raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
+        interactions, candidates = self._load(data_dir, source, tfds_data_dir)
+        train_rows, test_rows = seed_split(len(interactions["user_id"]), train_fraction, split_seed)
+        super().__init__(interactions, candidates, train_rows, test_rows)
+        self.source = self._source
+
+    def _load(self, data_dir, source, tfds_data_dir):
+        if source in ("auto", "tfds"):
+            tables = load_tfds(tfds_data_dir)
+            if tables is not None:
+                self._source = "tfds"
+                return tables
+            if source == "tfds":
+                raise DataError(
+                    "tfds has no prepared movielens/100k-ratings; prepare it with tfds, or use "
+                    "source='auto'."
+                )
+        directory = fetch.movielens_dir(data_dir)
+        if not fetch.has_grouplens_files(directory):
+            if source == "files":
+                raise DataError(
+                    f"no GroupLens files (u.data, u.item, u.user) in {directory}; run "
+                    "`towerkit data fetch movielens-100k` or use source='auto'."
+                )
+            directory = fetch.fetch_movielens_100k(data_dir)
+        self._source = f"files:{directory}"
+        return parse_grouplens(directory)

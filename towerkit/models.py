@@ -1,0 +1,190 @@
+"""Assembly of registered components into a trainable two-tower model.
+
+Two styles, as the TFRS tutorial shows:
+
+* ``style="tfrs"``: a ``tfrs.Model`` subclass whose ``compute_loss`` runs the
+  towers and the task.
+* ``style="train_step"``: a plain ``tf.keras.Model`` overriding ``train_step``
+  and ``test_step``.
+
+With the same seeds both give the same weights and metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from towerkit.errors import ConfigError, FeatureError
+from towerkit.registry import registry
+
+STYLES = ("tfrs", "train_step")
+
+
+class _TwoTower:
+    """What both model styles share: the towers, the task, and the forward pass."""
+
+    def _setup(self, query_tower, candidate_tower, task, train_metrics: bool) -> None:
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.task = task
+        self.train_metrics = bool(train_metrics)
+
+    @property
+    def feature_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.query_tower.feature_keys + self.candidate_tower.feature_keys))
+
+    def _task_loss(self, features: Mapping[str, tf.Tensor], training: bool) -> tf.Tensor:
+        query_embeddings = self.query_tower(features)
+        candidate_embeddings = self.candidate_tower(features)
+        extra = {}
+        if getattr(self.task, "needs_candidate_ids", False):
+            extra["candidate_ids"] = features[self.candidate_tower.feature_keys[0]]
+        # FactorizedTopK scores every candidate for every example; during
+        # training that triples the step time, so it is off unless asked for.
+        compute_metrics = self.train_metrics or not training
+        return self.task(
+            query_embeddings, candidate_embeddings, compute_metrics=compute_metrics, **extra
+        )
+
+
+class RetrievalModel(_TwoTower, tfrs.Model):
+    """A two-tower retrieval model in the ``tfrs.Model`` style.
+
+    Args:
+        query_tower: Maps query features to embeddings.
+        candidate_tower: Maps candidate features to embeddings.
+        task: Computes the loss (and metrics) from both embeddings.
+        train_metrics: Also compute the task's metrics in training steps.
+    """
+
+    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False):
+        super().__init__()
+        self._setup(query_tower, candidate_tower, task, train_metrics)
+
+    def compute_loss(self, features, training: bool = False) -> tf.Tensor:
+        return self._task_loss(features, training)
+
+
+class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
+    """The same model as a plain Keras model with its own train_step/test_step."""
+
+    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False):
+        super().__init__()
+        self._setup(query_tower, candidate_tower, task, train_metrics)
+
+    def _step_metrics(self, loss: tf.Tensor) -> dict[str, tf.Tensor]:
+        regularization_loss = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=loss + regularization_loss)
+        return metrics
+
+    def train_step(self, features):
+        with tf.GradientTape() as tape:
+            loss = self._task_loss(features, training=True)
+            regularization_loss = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._step_metrics(loss)
+
+    def test_step(self, features):
+        return self._step_metrics(self._task_loss(features, training=False))
+
+
+def _build(kind: str, spec: Any, **defaults: Any) -> Any:
+    """Builds a component from a name, a ``{"name": ..., **config}`` mapping, or an object."""
+    if isinstance(spec, str):
+        return registry(kind).create(spec, **defaults)
+    if isinstance(spec, Mapping):
+        config = dict(spec)
+        if "name" not in config:
+            raise ConfigError(
+                f"a {registry(kind).noun} given as a mapping needs a 'name' key, got keys "
+                f"{', '.join(config) or '(none)'}; e.g. {{'name': 'user', 'embedding_dim': 32}}."
+            )
+        name = config.pop("name")
+        for key, value in defaults.items():
+            config.setdefault(key, value)
+        return registry(kind).create(name, **config)
+    return spec
+
+
+def candidate_embeddings_dataset(data, candidate_tower, batch_size: int = 128) -> tf.data.Dataset:
+    """The candidate set mapped through the candidate tower, as the tutorial feeds FactorizedTopK."""
+    keys = candidate_tower.feature_keys
+    columns = {k: data.candidate_features[k] for k in keys}
+    return tf.data.Dataset.from_tensor_slices(columns).batch(batch_size).map(candidate_tower)
+
+
+def assemble(
+    query: Any = "user",
+    candidate: Any = "movie",
+    task: Any = "retrieval",
+    data: Any = None,
+    style: str = "tfrs",
+    train_metrics: bool = False,
+) -> tf.keras.Model:
+    """Builds a two-tower retrieval model from registered components.
+
+    Args:
+        query: The query tower: a registered name, a mapping
+            ``{"name": NAME, **config}``, or a built layer.
+        candidate: The candidate tower, in the same forms.
+        task: The task, in the same forms.
+        data: A dataset (e.g. from :func:`towerkit.load_dataset`). Towers adapt
+            their vocabularies to it, its feature keys are checked, the task's
+            metrics run over its candidates, and logQ probabilities come from
+            its training frequencies.
+        style: ``"tfrs"`` for a ``tfrs.Model`` subclass, ``"train_step"`` for a
+            plain Keras model with its own ``train_step``/``test_step``.
+        train_metrics: Compute the task's top-k metrics during training too.
+
+    Returns:
+        A Keras model exposing ``.query_tower``, ``.candidate_tower`` and ``.task``.
+
+    Raises:
+        FeatureError: A tower reads a feature the dataset does not have.
+        UnknownComponentError: A name is not registered.
+
+    Example:
+        >>> data = towerkit.load_dataset("movielens-100k")
+        >>> model = towerkit.assemble(query="user", candidate="movie", task="retrieval", data=data)
+        >>> model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    """
+    if style not in STYLES:
+        raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}.")
+    query_tower = _build("towers", query)
+    candidate_tower = _build("towers", candidate)
+    for role, tower in (("query", query_tower), ("candidate", candidate_tower)):
+        if not isinstance(tower, tf.keras.layers.Layer) or not hasattr(tower, "feature_keys"):
+            raise ConfigError(
+                f"the {role} tower must be a towerkit Tower (a Keras layer with feature_keys), got "
+                f"{type(tower).__name__}; register it as a tower or subclass towerkit.towers.base.Tower."
+            )
+    if data is not None:
+        data.check_features(query_tower.feature_keys, f"query tower '{query_tower.name}'")
+        data.check_features(candidate_tower.feature_keys, f"candidate tower '{candidate_tower.name}'")
+        missing = [k for k in candidate_tower.feature_keys if k not in data.candidate_features]
+        if missing:
+            raise FeatureError(
+                f"candidate tower '{candidate_tower.name}' needs {', '.join(missing)}, which the "
+                f"candidate set of '{data.name}' lacks; candidate keys: "
+                f"{', '.join(data.candidate_feature_keys)}."
+            )
+        adapt_values = data.adapt_features()
+        query_tower.adapt(adapt_values)
+        candidate_tower.adapt(adapt_values)
+
+    if isinstance(task, (str, Mapping)):
+        defaults = {}
+        if data is not None:
+            defaults["candidates"] = candidate_embeddings_dataset(data, candidate_tower)
+        task = _build("tasks", task, **defaults)
+    if getattr(task, "logq_correction", False) and data is not None:
+        task.set_candidate_probabilities(data.candidate_train_frequencies())
+
+    model_class = RetrievalModel if style == "tfrs" else TrainStepRetrievalModel
+    return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics)

@@ -1,0 +1,162 @@
+"""The retrieval task: in-batch softmax over dot-product scores (tfrs.tasks.Retrieval)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from towerkit.errors import ConfigError
+
+DEFAULT_KS = (1, 5, 10, 50, 100)
+
+
+def _check_options(ks, temperature, num_hard_negatives) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in ks):
+        raise ConfigError(f"ks must be a non-empty list of positive integers, got {list(ks)!r}.")
+    if temperature is not None and (isinstance(temperature, bool) or not temperature > 0):
+        raise ConfigError(f"temperature must be a positive number or None, got {temperature!r}.")
+    if num_hard_negatives is not None and (
+        isinstance(num_hard_negatives, bool)
+        or not isinstance(num_hard_negatives, int)
+        or num_hard_negatives <= 0
+    ):
+        raise ConfigError(
+            f"num_hard_negatives must be a positive integer or None, got {num_hard_negatives!r}."
+        )
+    return ks
+
+
+class RetrievalTask(tfrs.tasks.Retrieval):
+    """``tfrs.tasks.Retrieval`` with options by config and a faster identical loss.
+
+    TFRS computes the in-batch softmax loss as a categorical cross-entropy
+    against a dense ``[B, B]`` identity label matrix. For the default loss this
+    task computes the same value as ``sum_i(logsumexp(s_i) - s_ii)``, which
+    needs no label matrix and is about 2.5x faster at B=8192. Hard-negative
+    mining and accidental-hit removal take TFRS's own path.
+
+    Args:
+        candidates: Candidate embeddings (a ``tf.data.Dataset`` of batches, or a
+            TFRS TopK layer) for ``FactorizedTopK`` metrics; None for no metrics.
+        ks: The k of each top-k accuracy metric.
+        temperature: Divides the logits; None leaves them as they are.
+        logq_correction: Subtract log(sampling probability) of each in-batch
+            candidate from its logit, using the candidates' training
+            frequencies (set at assembly through :meth:`set_candidate_probabilities`).
+        remove_accidental_hits: Mask in-batch negatives that share the
+            positive's candidate id.
+        num_hard_negatives: Keep only this many highest-scoring negatives.
+        name: Layer name.
+
+    Example:
+        >>> task = towerkit.create_task("retrieval", temperature=0.1, logq_correction=True)
+    """
+
+    def __init__(
+        self,
+        candidates: Any = None,
+        ks: Sequence[int] = DEFAULT_KS,
+        temperature: float | None = None,
+        logq_correction: bool = False,
+        remove_accidental_hits: bool = False,
+        num_hard_negatives: int | None = None,
+        name: str | None = None,
+    ):
+        ks = _check_options(ks, temperature, num_hard_negatives)
+        metrics = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=ks) if candidates is not None else None
+        super().__init__(
+            metrics=metrics,
+            temperature=temperature,
+            num_hard_negatives=num_hard_negatives,
+            remove_accidental_hits=bool(remove_accidental_hits),
+            name=name,
+        )
+        self.ks = ks
+        self.logq_correction = bool(logq_correction)
+        self._probability_table = None
+
+    @property
+    def needs_candidate_ids(self) -> bool:
+        return self.logq_correction or self._remove_accidental_hits
+
+    def set_candidate_probabilities(self, probabilities: Mapping[str, float]) -> None:
+        """Sets each candidate id's sampling probability, for logQ correction."""
+        keys = np.array(list(probabilities), dtype=str)
+        values = np.array([probabilities[k] for k in keys], dtype=np.float32)
+        self._probability_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, values), default_value=float(values.min())
+        )
+
+    def call(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        sample_weight: tf.Tensor | None = None,
+        candidate_sampling_probability: tf.Tensor | None = None,
+        candidate_ids: tf.Tensor | None = None,
+        compute_metrics: bool = True,
+        compute_batch_metrics: bool = True,
+        score_mask: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        if self.logq_correction and candidate_sampling_probability is None:
+            if self._probability_table is None or candidate_ids is None:
+                raise ConfigError(
+                    "logq_correction needs candidate ids and their training frequencies; "
+                    "assemble the model with data, or call set_candidate_probabilities()."
+                )
+            candidate_sampling_probability = self._probability_table.lookup(candidate_ids)
+        fast = (
+            self._num_hard_negatives is None
+            and not self._remove_accidental_hits
+            and score_mask is None
+            and not self._batch_metrics
+            and query_embeddings.shape.rank == 2
+        )
+        if not fast:
+            return super().call(
+                query_embeddings,
+                candidate_embeddings,
+                sample_weight=sample_weight,
+                candidate_sampling_probability=candidate_sampling_probability,
+                candidate_ids=candidate_ids,
+                compute_metrics=compute_metrics,
+                compute_batch_metrics=compute_batch_metrics,
+                score_mask=score_mask,
+            )
+        scores = tf.linalg.matmul(query_embeddings, candidate_embeddings, transpose_b=True)
+        if self._temperature is not None:
+            scores = scores / self._temperature
+        if candidate_sampling_probability is not None:
+            scores = tfrs.layers.loss.SamplingProbablityCorrection()(scores, candidate_sampling_probability)
+        per_query = tf.reduce_logsumexp(scores, axis=1) - tf.linalg.diag_part(scores)
+        if sample_weight is not None:
+            per_query = per_query * tf.cast(tf.reshape(sample_weight, [-1]), per_query.dtype)
+        loss = tf.reduce_sum(per_query)
+
+        update_ops = [metric.update_state(loss) for metric in self._loss_metrics]
+        if compute_metrics:
+            for metric in self._factorized_metrics:
+                update_ops.append(
+                    metric.update_state(
+                        query_embeddings,
+                        candidate_embeddings[: tf.shape(query_embeddings)[0]],
+                        true_candidate_ids=None,
+                        sample_weight=sample_weight,
+                    )
+                )
+        with tf.control_dependencies(update_ops):
+            return tf.identity(loss)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "ks": list(self.ks),
+            "temperature": self._temperature,
+            "logq_correction": self.logq_correction,
+            "remove_accidental_hits": self._remove_accidental_hits,
+            "num_hard_negatives": self._num_hard_negatives,
+            "name": self.name,
+        }

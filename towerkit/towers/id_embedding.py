@@ -1,0 +1,102 @@
+"""A tower over one string id feature: StringLookup followed by Embedding."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from towerkit.errors import ConfigError
+from towerkit.towers.base import Tower, check_positive_int
+
+
+def unique_strings(values: Any) -> list[str]:
+    """Sorted unique values as ``str``, the way the seed builds its vocabularies."""
+    array = np.asarray(values).reshape(-1)
+    array = np.unique(array)
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array]
+
+
+@tf.keras.utils.register_keras_serializable(package="towerkit")
+class IdEmbeddingTower(Tower):
+    """Embeds a string id: ``StringLookup(vocabulary)`` then ``Embedding``.
+
+    Unknown ids map to a shared out-of-vocabulary row, so a new user still gets
+    a defined (learned OOV) embedding.
+
+    Args:
+        feature: The feature key to read.
+        vocabulary: The known ids; if omitted, :meth:`adapt` learns them.
+        embedding_dim: Width of the embeddings.
+        num_oov_buckets: Rows reserved for unknown ids.
+        **kwargs: Passed to ``tf.keras.layers.Layer``.
+
+    Example:
+        >>> tower = IdEmbeddingTower("user_id", vocabulary=["1", "2"], embedding_dim=4)
+        >>> tower({"user_id": tf.constant(["2", "unknown"])}).shape
+        TensorShape([2, 4])
+    """
+
+    def __init__(
+        self,
+        feature: str,
+        vocabulary: Sequence[str] | None = None,
+        embedding_dim: int = 32,
+        num_oov_buckets: int = 1,
+        **kwargs: Any,
+    ):
+        super().__init__(embedding_dim=embedding_dim, **kwargs)
+        if not isinstance(feature, str) or not feature:
+            raise ConfigError(f"feature must be a non-empty string, got {feature!r}.")
+        self.feature = feature
+        self.num_oov_buckets = check_positive_int(num_oov_buckets, "num_oov_buckets")
+        self.vocabulary: list[str] | None = None
+        self.lookup = None
+        self.embedding = None
+        if vocabulary is not None:
+            self._build_layers(list(vocabulary))
+
+    @property
+    def feature_keys(self) -> tuple[str, ...]:
+        return (self.feature,)
+
+    @property
+    def is_adapted(self) -> bool:
+        return self.vocabulary is not None
+
+    def adapt(self, features: Mapping[str, Any]) -> None:
+        if self.vocabulary is None:
+            self._build_layers(unique_strings(features[self.feature]))
+
+    def _build_layers(self, vocabulary: list[str]) -> None:
+        if not vocabulary:
+            raise ConfigError(f"tower '{self.name}' got an empty vocabulary for '{self.feature}'.")
+        self.vocabulary = vocabulary
+        self.lookup = tf.keras.layers.StringLookup(
+            vocabulary=vocabulary,
+            mask_token=None,
+            num_oov_indices=self.num_oov_buckets,
+            name="lookup",
+        )
+        self.embedding = tf.keras.layers.Embedding(
+            len(vocabulary) + self.num_oov_buckets, self.embedding_dim, name="embedding"
+        )
+
+    def call(self, features: Any) -> tf.Tensor:
+        if self.lookup is None:
+            raise ConfigError(
+                f"tower '{self.name}' has no vocabulary yet; pass vocabulary= or assemble it "
+                "with data so it can adapt."
+            )
+        ids = self.select(features)[self.feature]
+        return self.embedding(self.lookup(ids))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            feature=self.feature,
+            vocabulary=self.vocabulary,
+            num_oov_buckets=self.num_oov_buckets,
+        )
+        return config
