@@ -1,0 +1,176 @@
+"""SavedModel exports of a query tower plus index, written atomically, with towerkit.json.
+
+An export directory is a plain SavedModel: TensorFlow alone (plus ``scann`` for a
+ScaNN index) loads it, and its ``serving_default`` signature takes raw query
+features as strings and returns ``scores`` and candidate ``ids``. Beside it,
+``towerkit.json`` records versions, components, vocabulary sizes, metrics and
+index parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from towerkit.errors import DataError, TowerkitError
+
+METADATA_FILE = "towerkit.json"
+FORMAT_VERSION = 1
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Moves a finished directory into place, keeping the old one until the new one is there."""
+    backup = None
+    if target.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(backup)
+        os.replace(target, backup)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, target)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_export(
+    index: Any,
+    path: str | os.PathLike,
+    *,
+    query_feature_keys: Sequence[str],
+    metadata: dict[str, Any],
+) -> Path:
+    """Saves an index (with its query model) as a SavedModel directory, atomically.
+
+    The export is built in a temporary sibling directory and renamed into
+    place, so a failure or kill midway leaves any previous export intact.
+
+    Args:
+        index: A towerkit index with a query model and indexed candidates.
+        path: The export directory.
+        query_feature_keys: The raw query features the signature takes.
+        metadata: Recorded in towerkit.json (components, metrics, ...).
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise TowerkitError(f"cannot write the export to {target} ({exc}); choose a writable --output.") from exc
+    is_scann = getattr(index, "backend", "") == "scann"
+    specs = {key: tf.TensorSpec([None], tf.string, name=key) for key in query_feature_keys}
+
+    @tf.function(input_signature=[specs])
+    def serve(features):
+        scores, ids = index(features)
+        return {"scores": scores, "ids": ids}
+
+    try:
+        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if is_scann else None)
+        tf.saved_model.save(index, str(staging), signatures={"serving_default": serve}, options=options)
+        record = {
+            "format_version": FORMAT_VERSION,
+            "towerkit_version": _towerkit_version(),
+            "tensorflow_version": tf.__version__,
+            "query_feature_keys": list(query_feature_keys),
+            "index": index.parameters(),
+            **metadata,
+        }
+        with open(staging / METADATA_FILE, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _replace_directory(staging, target)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise TowerkitError(f"writing the export to {target} failed ({exc}); the previous export, if any, is unchanged.") from exc
+        raise
+    return target
+
+
+def _towerkit_version() -> str:
+    import towerkit
+
+    return towerkit.__version__
+
+
+class LoadedExport:
+    """An export loaded for querying.
+
+    Attributes:
+        model: The loaded SavedModel object.
+        metadata: The contents of towerkit.json.
+    """
+
+    def __init__(self, model: Any, metadata: dict[str, Any]):
+        self.model = model
+        self.metadata = metadata
+        self.signature = model.signatures["serving_default"]
+
+    @property
+    def query_feature_keys(self) -> list[str]:
+        return list(self.metadata["query_feature_keys"])
+
+    def recommend(self, features: dict[str, Sequence[str]]) -> tuple[Any, Any]:
+        """Returns (scores, ids) for a batch of raw query features."""
+        missing = [k for k in self.query_feature_keys if k not in features]
+        if missing:
+            raise TowerkitError(
+                f"this export needs query feature(s) {', '.join(missing)}; pass them "
+                f"(expected keys: {', '.join(self.query_feature_keys)})."
+            )
+        outputs = self.signature(**{k: tf.constant(list(features[k]), tf.string) for k in self.query_feature_keys})
+        return outputs["scores"].numpy(), outputs["ids"].numpy()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    meta_path = path / METADATA_FILE
+    if not path.is_dir():
+        raise DataError(f"{path} is not an export directory; pass the directory that `towerkit train` wrote.")
+    if not meta_path.is_file() or not (path / "saved_model.pb").is_file():
+        raise DataError(
+            f"{path} is not a complete towerkit export (missing {METADATA_FILE} or saved_model.pb); "
+            "export the model again."
+        )
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path} is corrupt ({exc}); export the model again.") from exc
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(
+            f"{path} was written by towerkit {metadata.get('towerkit_version', '?')} in export format "
+            f"{version}, newer than this towerkit reads ({FORMAT_VERSION}); upgrade towerkit."
+        )
+    return metadata
+
+
+def load_export(path: str | os.PathLike) -> LoadedExport:
+    """Loads an export directory written by :func:`save_export`.
+
+    Raises:
+        DataError: The directory is missing, incomplete, corrupt, or from a newer towerkit.
+    """
+    metadata = read_metadata(path)
+    if metadata.get("index", {}).get("backend") == "scann":
+        try:
+            from scann.scann_ops.py import scann_ops  # noqa: F401 - registers the Scann ops
+        except ImportError as exc:
+            raise TowerkitError(
+                f"{path} holds a ScaNN index, which needs the scann package; `pip install scann==1.4.2`."
+            ) from exc
+    try:
+        model = tf.saved_model.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+        raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
+    return LoadedExport(model, metadata)

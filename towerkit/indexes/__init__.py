@@ -1,0 +1,1 @@
+"""Index backends: top-k retrieval over candidate embeddings, exportable as SavedModels."""

@@ -1,0 +1,94 @@
+"""Checks shared by every index backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from towerkit.errors import ConfigError
+
+
+def check_k(k: Any, num_candidates: int | None, name: str) -> int:
+    """Validates a requested k against the number of indexed candidates."""
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ConfigError(f"k must be a positive integer, got {k!r}; ask for e.g. k=10.")
+    if num_candidates is not None and k > num_candidates:
+        raise ConfigError(
+            f"k={k} is more than the {num_candidates} candidates in index '{name}'; "
+            f"ask for at most k={num_candidates}."
+        )
+    return k
+
+
+def check_dims(queries: tf.Tensor, dim: int | None, name: str) -> None:
+    """Raises when query embeddings are not as wide as the indexed candidates."""
+    width = queries.shape[-1] if queries.shape.rank else None
+    if dim is not None and width is not None and width != dim:
+        raise ConfigError(
+            f"queries have dimension {width} but index '{name}' holds {dim}-dimensional "
+            "candidates; use the query tower trained with these candidates."
+        )
+
+
+def candidates_and_ids(candidates: Any, identifiers: Any) -> tuple[tf.Tensor, tf.Tensor | None]:
+    candidates = tf.convert_to_tensor(candidates, dtype=tf.float32)
+    if candidates.shape.rank != 2 or candidates.shape[0] == 0:
+        raise ConfigError(
+            f"candidates must be a non-empty [num_candidates, dim] matrix, got shape {candidates.shape}."
+        )
+    if identifiers is not None:
+        identifiers = tf.convert_to_tensor(identifiers)
+        if identifiers.shape[0] != candidates.shape[0]:
+            raise ConfigError(
+                f"got {candidates.shape[0]} candidate embeddings but {identifiers.shape[0]} "
+                "identifiers; pass one identifier per candidate."
+            )
+    return candidates, identifiers
+
+
+class ValidatedIndex:
+    """Mixin for TFRS TopK layers: records the index's size and checks every query.
+
+    Subclasses call :meth:`_record` from ``index`` and implement ``_search``.
+    """
+
+    backend = "index"
+    num_candidates: int | None = None
+    dim: int | None = None
+
+    def _record(self, candidates: tf.Tensor) -> None:
+        self.num_candidates, self.dim = int(candidates.shape[0]), int(candidates.shape[1])
+        check_k(self._k, self.num_candidates, self.name)
+
+    def _embed_queries(self, queries: Any) -> tf.Tensor:
+        if self.query_model is not None:
+            queries = self.query_model(queries)
+        queries = tf.convert_to_tensor(queries)
+        check_dims(queries, self.dim, self.name)
+        return queries
+
+    def query_with_exclusions(self, queries: Any, exclusions: Any, k: int | None = None):
+        """Top-k that skips the given identifiers per query (e.g. items a user has seen).
+
+        Args:
+            queries: Raw query features (or embeddings without a query model).
+            exclusions: ``[batch, num_excluded]`` identifiers to leave out.
+            k: Results per query; defaults to the index's k.
+        """
+        from tensorflow_recommenders.layers.factorized_top_k import _exclude
+
+        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
+        exclusions = tf.convert_to_tensor(exclusions)
+        wanted = k + int(exclusions.shape[1])
+        scores, ids = self(queries, k=min(wanted, self.num_candidates or wanted))
+        if int(scores.shape[1]) < wanted:
+            # Fewer candidates than k + exclusions: pad so _exclude can drop enough.
+            pad = wanted - int(scores.shape[1])
+            scores = tf.pad(scores, [[0, 0], [0, pad]], constant_values=float("-inf"))
+            ids = tf.pad(ids, [[0, 0], [0, pad]], constant_values=tf.zeros((), ids.dtype))
+        return _exclude(scores, ids, exclude=exclusions, k=k)
+
+    def parameters(self) -> dict[str, Any]:
+        """The backend's parameters, as recorded in an export's towerkit.json."""
+        return {"backend": self.backend, "k": self._k, "num_candidates": self.num_candidates, "dim": self.dim}
