@@ -36,6 +36,13 @@ class _TwoTower:
     def feature_keys(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.query_tower.feature_keys + self.candidate_tower.feature_keys))
 
+    def _without_idle_metrics(self, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Drops the top-k metrics from training logs when they were not computed."""
+        if self.train_metrics:
+            return logs
+        idle = {m.name for metric in getattr(self.task, "factorized_metrics", []) for m in metric.metrics}
+        return {k: v for k, v in logs.items() if k not in idle}
+
     def _task_loss(self, features: Mapping[str, tf.Tensor], training: bool) -> tf.Tensor:
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
@@ -67,6 +74,9 @@ class RetrievalModel(_TwoTower, tfrs.Model):
     def compute_loss(self, features, training: bool = False) -> tf.Tensor:
         return self._task_loss(features, training)
 
+    def train_step(self, features):
+        return self._without_idle_metrics(super().train_step(features))
+
 
 class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
     """The same model as a plain Keras model with its own train_step/test_step."""
@@ -88,7 +98,7 @@ class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
             total_loss = loss + regularization_loss
         gradients = tape.gradient(total_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self._step_metrics(loss)
+        return self._without_idle_metrics(self._step_metrics(loss))
 
     def test_step(self, features):
         return self._step_metrics(self._task_loss(features, training=False))

@@ -1,0 +1,253 @@
+"""The ``towerkit`` command line.
+
+Exit codes: 0 on success, 2 on a user error (one line, no traceback), 1 on an
+internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+DEFAULT_RECIPE = "basic-retrieval"
+KIND_CHOICES = ("towers", "tasks", "indexes", "datasets", "recipes")
+
+EPILOGS = {
+    "train": """examples:
+  towerkit train                              # the seed tutorial, on MovieLens-100K
+  towerkit train basic-retrieval --output runs/seed
+  towerkit train my_recipe.toml --set train.epochs=5 --set query_tower.embedding_dim=64""",
+    "list": """examples:
+  towerkit list towers
+  towerkit list indexes 'scann*'
+  towerkit list recipes --json""",
+    "recommend": """examples:
+  towerkit recommend --model towerkit-runs/basic-retrieval/model --user 42 -k 10""",
+    "data": """examples:
+  towerkit data fetch movielens-100k
+  towerkit data info movielens-100k --json""",
+}
+
+
+class UserError(Exception):
+    """An error in how the command was used."""
+
+
+def _quiet_tensorflow() -> None:
+    # Level 3 also hides the CUDA probe errors TF logs on machines without a GPU.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from towerkit import config as recipe_config
+
+    raw, origin = recipe_config.load_recipe(args.recipe)
+    raw = recipe_config.apply_overrides(raw, args.set or [])
+    resolved = recipe_config.resolve(raw, origin + (" with --set" if args.set else ""))
+    if not resolved["recipe"]["name"]:
+        resolved["recipe"]["name"] = os.path.splitext(os.path.basename(args.recipe))[0]
+    output = args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
+
+    from towerkit import pipeline
+
+    log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
+    # Keras redraws its progress bar in place, which only reads well on a terminal.
+    verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)
+    result = pipeline.run(resolved, output, log=log, verbose=verbose)
+    if args.json:
+        _print_json(result.metrics)
+    else:
+        print(f"done in {result.metrics['timing']['total_seconds']:.1f}s; reports in {result.output_dir}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import towerkit
+
+    if args.kind == "recipes":
+        from towerkit import config as recipe_config
+
+        names = [n for n in recipe_config.list_recipes() if _match(n, args.pattern)]
+        rows = [{"name": n, "source": "towerkit"} for n in names]
+    else:
+        registry = towerkit.registry(args.kind)
+        rows = [
+            {"name": e.name, "aliases": list(e.aliases), "source": e.source, "version": e.version, "description": e.description}
+            for e in registry.entries()
+            if _match(e.name, args.pattern)
+        ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        source = row["source"] + (f" {row['version']}" if row.get("version") else "")
+        aliases = f" (aliases: {', '.join(row['aliases'])})" if row.get("aliases") else ""
+        description = f"  {row['description']}" if row.get("description") else ""
+        print(f"{row['name']:<18} [{source}]{aliases}{description}")
+    return 0
+
+
+def _match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import towerkit
+
+    _print_json(towerkit.describe(args.kind, args.name))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from towerkit import plugins
+
+    infos = plugins.plugin_infos()
+    rows = [
+        {
+            "name": info.name,
+            "version": info.version,
+            "status": info.status,
+            "error": info.error,
+            "components": [f"{KIND_SINGULAR[e.kind]}:{e.name}" for e in info.components],
+        }
+        for info in infos
+    ]
+    allowed = plugins.allowed_plugins()
+    if args.json:
+        _print_json({"allow_list": sorted(allowed) if allowed is not None else None, "plugins": rows})
+        return 0
+    if allowed is not None:
+        print(f"{plugins.ALLOW_ENV} allows: {', '.join(sorted(allowed)) or '(none)'}")
+    for row in rows:
+        version = f" {row['version']}" if row["version"] else ""
+        print(f"{row['name']}{version} [{row['status']}]" + (f" {row['error']}" if row["error"] else ""))
+        for component in row["components"]:
+            print(f"  {component}")
+    return 0
+
+
+KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datasets": "dataset"}
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.name not in ("movielens-100k", "movielens"):
+        if args.action == "fetch":
+            raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; generated datasets need no fetch.")
+    if args.action == "fetch":
+        from towerkit.datasets import fetch
+
+        directory = fetch.fetch_movielens_100k(args.data_dir)
+        print(directory)
+        return 0
+    import towerkit
+
+    info = towerkit.load_dataset(args.name, **({"data_dir": args.data_dir} if args.data_dir else {})).describe()
+    if args.json:
+        _print_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from towerkit.export import load_export
+
+    export = load_export(args.model)
+    keys = export.query_feature_keys
+    if len(keys) != 1:
+        raise UserError(f"this model reads {', '.join(keys)}; --user only feeds a single-feature query tower.")
+    scores, ids = export.recommend({keys[0]: [args.user]})
+    available = scores.shape[1]
+    if args.k > available:
+        raise UserError(f"-k {args.k} is more than the {available} results this export returns; ask for at most {available}.")
+    rows = [{"rank": i + 1, "id": ids[0, i].decode("utf-8"), "score": float(scores[0, i])} for i in range(args.k)]
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['rank']:>3}. {row['id']}  ({row['score']:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="towerkit", description="Two-tower retrieval recommenders, assembled by name.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    train = add("train", "Train, evaluate, index and export a model from a recipe.")
+    train.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
+    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value (repeatable)")
+    train.add_argument("--output", "-o", help="output dir (default towerkit-runs/RECIPE)")
+    train.add_argument("--json", action="store_true", help="print metrics as JSON only")
+    train.set_defaults(func=cmd_train)
+
+    listing = add("list", "List registered components or shipped recipes.")
+    listing.add_argument("kind", choices=KIND_CHOICES)
+    listing.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default *)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+
+    describe = add("describe", "Show one component's source, aliases and options.")
+    describe.add_argument("kind", choices=KIND_CHOICES[:-1])
+    describe.add_argument("name")
+    describe.set_defaults(func=cmd_describe)
+
+    plugins = add("plugins", "List plugins and the components each registered.")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    data = add("data", "Fetch a dataset or describe it.")
+    data.add_argument("action", choices=("fetch", "info"))
+    data.add_argument("name", nargs="?", default="movielens-100k")
+    data.add_argument("--data-dir", help="towerkit data dir (default $TOWERKIT_DATA or ~/.cache/towerkit)")
+    data.add_argument("--json", action="store_true")
+    data.set_defaults(func=cmd_data)
+
+    recommend = add("recommend", "Recommend from an exported model.")
+    recommend.add_argument("--model", required=True, help="export dir written by train")
+    recommend.add_argument("--user", required=True, help="the query id (e.g. a user id)")
+    recommend.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    recommend.add_argument("--json", action="store_true")
+    recommend.set_defaults(func=cmd_recommend)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) <= 0:
+        parser.exit(2, f"towerkit: error: -k must be a positive integer, got {args.k}.\n")
+    from towerkit.errors import TowerkitError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return args.func(args)
+    except (TowerkitError, UserError) as exc:
+        message = str(exc).replace("\n", " ")
+        print(f"towerkit: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("towerkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
