@@ -78,6 +78,11 @@ def _strict() -> bool:
     return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
 
 
+def _fail(info: PluginInfo, message: str) -> None:
+    info.status = "failed"
+    info.error = f"{info.error}; {message}" if info.error else message
+
+
 def _make_register(kind: str, info: PluginInfo):
     registry = REGISTRIES[kind]
 
@@ -130,9 +135,9 @@ def _run_hooks(plugin: Any, info: PluginInfo, manager: pluggy.PluginManager) -> 
         _rollback(info)
         if info.name == BUILTIN_SOURCE or (_strict() and isinstance(exc, TowerkitError)):
             raise
-        info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+        _fail(info, f"{type(exc).__name__}: {exc}")
         warnings.warn(
-            f"plugin {info.name} raised in a hook and was skipped ({info.error}); "
+            f"plugin {info.name} raised in a hook and was skipped ({type(exc).__name__}: {exc}); "
             "upgrade or uninstall it.",
             PluginWarning,
             stacklevel=2,
@@ -144,7 +149,7 @@ def _check_hook_names(manager: pluggy.PluginManager, plugin: Any, info: PluginIn
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         manager.unregister(plugin)
-        info.status, info.error = "failed", str(exc)
+        _fail(info, str(exc))
         warnings.warn(
             f"plugin {info.name} implements a hook towerkit does not define ({exc}); "
             f"hooks are: {', '.join(HOOK_KINDS)}.",
@@ -187,9 +192,10 @@ def load_plugins() -> None:
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - isolate broken plugins
-                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+                _fail(info, f"{ep.name}: {type(exc).__name__}: {exc}")
                 warnings.warn(
-                    f"plugin {dist} failed to import and was skipped ({info.error}); "
+                    f"plugin {dist} ({ep.name}) failed to import and was skipped "
+                    f"({type(exc).__name__}: {exc}); "
                     "reinstall or uninstall it.",
                     PluginWarning,
                     stacklevel=2,
@@ -198,7 +204,7 @@ def load_plugins() -> None:
             try:
                 manager.register(plugin, name=f"{dist}:{ep.name}")
             except pluggy.PluginValidationError as exc:
-                info.status, info.error = "failed", str(exc)
+                _fail(info, str(exc))
                 warnings.warn(
                     f"plugin {dist} has an invalid hook implementation and was skipped "
                     f"({exc}); each hook takes a single argument named 'register'.",

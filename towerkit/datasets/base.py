@@ -48,7 +48,10 @@ def to_tf_dataset(features: Mapping[str, Any]) -> tf.data.Dataset:
         elif isinstance(values, np.ndarray) and len(values) and isinstance(values[0], (str, bytes)):
             columns[key] = values.astype(str)
         else:
-            columns[key] = tf.ragged.constant([list(v) for v in values])
+            # Variable-length lists (e.g. genres) become a ragged int64 column, as in tfds.
+            lengths = np.array([len(v) for v in values], dtype=np.int64)
+            flat = np.concatenate([np.asarray(v, dtype=np.int64) for v in values]) if len(values) else []
+            columns[key] = tf.RaggedTensor.from_row_lengths(np.asarray(flat, dtype=np.int64), lengths)
     return tf.data.Dataset.from_tensor_slices(columns)
 
 

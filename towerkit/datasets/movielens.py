@@ -53,6 +53,39 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
+# File -> (separator, fields per line) of the GroupLens layout.
+GROUPLENS_LAYOUT = {"u.data": ("\t", 4), "u.item": ("|", 24), "u.user": ("|", 5)}
+
+
+def check_grouplens_layout(directory: Path) -> None:
+    """Checks every line's field count and encoding, naming the first bad file and line.
+
+    tfds' parsers accept short rows silently; this catches truncated or foreign
+    files before they become wrong data.
+    """
+    for name, (separator, fields) in GROUPLENS_LAYOUT.items():
+        path = Path(directory) / name
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if name != "u.item":
+                    try:
+                        raw.decode("ascii")
+                    except UnicodeDecodeError:
+                        raise DataError(
+                            f"{path} line {number} is not ASCII, which GroupLens {name} always is; "
+                            "delete the file and run `towerkit data fetch movielens-100k`."
+                        ) from None
+                line = raw.decode("iso-8859-1").rstrip("\r\n")
+                if not line:
+                    continue
+                count = len(line.split(separator))
+                if count != fields:
+                    raise DataError(
+                        f"{path} line {number} is malformed: {count} fields where GroupLens has {fields}; "
+                        "delete the file and run `towerkit data fetch movielens-100k`."
+                    )
+
+
 def parse_grouplens(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Parses u.data, u.item and u.user with tfds' own MovieLens parsers.
 
@@ -61,6 +94,7 @@ def parse_grouplens(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, n
     """
     from tensorflow_datasets.structured import movielens_parsing
 
+    check_grouplens_layout(directory)
     try:
         ratings = [row for _, row in movielens_parsing.parse_100k_ratings_data(str(directory))]
         movies = [row for _, row in movielens_parsing.parse_100k_movies_data(str(directory))]

@@ -1,0 +1,102 @@
+"""Shared fixtures: small generated data, real plugin installs, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import towerkit  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+# GroupLens genre flag order in u.item.
+GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+          "Thriller", "War", "Western"]
+OCCUPATIONS = ["student", "writer", "engineer", "none", "doctor"]
+
+
+def write_grouplens(directory: Path, num_users: int = 60, num_movies: int = 40, num_ratings: int = 1500,
+                    seed: int = 0) -> Path:
+    """Writes a small MovieLens-100K in the GroupLens layout (u.data, u.item, u.user)."""
+    if num_ratings > num_users * num_movies:
+        raise ValueError("more ratings than (user, movie) pairs")
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "u.user", "w", encoding="iso-8859-1") as handle:
+        for user in range(1, num_users + 1):
+            handle.write(f"{user}|{rng.integers(12, 70)}|{'MF'[user % 2]}|{OCCUPATIONS[user % 5]}|{10000 + user:05d}\n")
+    with open(directory / "u.item", "w", encoding="iso-8859-1") as handle:
+        for movie in range(1, num_movies + 1):
+            # Accented titles check that u.item is read as ISO-8859-1, as GroupLens ships it.
+            title = f"Film {movie} ({1950 + movie})" if movie % 7 else f"Misérables {movie} ({1990 + movie % 9})"
+            flags = ["0"] * len(GENRES)
+            flags[1 + movie % 18] = "1"
+            handle.write("|".join([str(movie), title, "01-Jan-1995", "", "http://example.invalid/", *flags]) + "\n")
+    popularity = 1.0 / np.arange(1, num_movies + 1)
+    popularity /= popularity.sum()
+    pairs = set()
+    with open(directory / "u.data", "w", encoding="ascii") as handle:
+        while len(pairs) < num_ratings:
+            user = int(rng.integers(1, num_users + 1))
+            movie = int(rng.choice(num_movies, p=popularity)) + 1
+            if (user, movie) in pairs:
+                continue
+            pairs.add((user, movie))
+            handle.write(f"{user}\t{movie}\t{rng.integers(1, 6)}\t{880000000 + len(pairs)}\n")
+    return directory
+
+
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """A towerkit data dir holding a small GroupLens-layout MovieLens."""
+    write_grouplens(tmp_path / "data" / "ml-100k")
+    monkeypatch.setenv("TOWERKIT_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def small_movielens(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    write_grouplens(directory / "ml-100k")
+    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files")
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return towerkit.load_dataset("synthetic", num_users=200, num_items=80, num_interactions=6000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """Installs the test plugin packages with pip into a folder, so their entry points are real."""
+    target = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(target),
+         str(PLUGINS / "towerkit-test-hashing"), str(PLUGINS / "towerkit-test-broken")],
+        check=True,
+    )
+    return target
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs Python code in a fresh interpreter and returns the completed process."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=str(ROOT))
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs the towerkit CLI as a user would, in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "towerkit.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=str(cwd or ROOT))

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+import towerkit
+from towerkit.errors import ConfigError, FeatureError
+from towerkit.evaluation import embed
+from towerkit.models import RetrievalModel, TrainStepRetrievalModel, candidate_embeddings_dataset
+
+
+def _train(data, style="tfrs", epochs=2, seed=7, train_metrics=False, **parts):
+    tf.keras.utils.set_random_seed(seed)
+    model = towerkit.assemble(data=data, style=style, train_metrics=train_metrics, **parts)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    dataset = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(1024)
+    history = model.fit(dataset, epochs=epochs, verbose=0).history
+    return model, history
+
+
+def test_assemble_by_name_mapping_and_object(synthetic):
+    model = towerkit.assemble(query="user", candidate={"name": "movie", "embedding_dim": 32},
+                              task=towerkit.create_task("retrieval"), data=synthetic)
+    assert isinstance(model, tfrs.Model) and isinstance(model, RetrievalModel)
+    assert model.query_tower.vocabulary is not None and model.candidate_tower.vocabulary is not None
+    assert model.feature_keys == ("user_id", "movie_title")
+    assert isinstance(towerkit.assemble(data=synthetic, style="train_step"), TrainStepRetrievalModel)
+
+
+def test_both_styles_give_identical_metrics(synthetic):
+    tfrs_model, tfrs_history = _train(synthetic, "tfrs")
+    step_model, step_history = _train(synthetic, "train_step")
+    np.testing.assert_allclose(tfrs_history["loss"], step_history["loss"], rtol=1e-5)
+    assert tfrs_history["loss"][-1] < tfrs_history["loss"][0]
+    np.testing.assert_allclose(
+        tfrs_model.query_tower.get_weights()[0], step_model.query_tower.get_weights()[0], rtol=1e-5)
+    assert towerkit.evaluate_topk(tfrs_model, synthetic) == towerkit.evaluate_topk(step_model, synthetic)
+
+
+def test_training_logs_hide_metrics_that_were_not_computed(synthetic):
+    _, quiet = _train(synthetic, epochs=1)
+    _, loud = _train(synthetic, epochs=1, train_metrics=True)
+    assert not any("top_" in key for key in quiet)
+    assert any("top_10" in key for key in loud)
+
+
+def test_missing_feature_is_one_clear_error(synthetic):
+    with pytest.raises(FeatureError) as info:
+        towerkit.assemble(query={"name": "user", "feature": "user_age"}, data=synthetic)
+    message = str(info.value)
+    assert "'user_age'" in message and "available keys" in message and "user_id" in message
+
+
+def test_bad_style_and_bad_tower_objects(synthetic):
+    with pytest.raises(ConfigError, match="style must be one of"):
+        towerkit.assemble(data=synthetic, style="keras")
+    with pytest.raises(ConfigError, match="needs a 'name' key"):
+        towerkit.assemble(query={"embedding_dim": 3}, data=synthetic)
+    with pytest.raises(ConfigError, match="must be a towerkit Tower"):
+        towerkit.assemble(query=tf.keras.layers.Dense(3), data=synthetic)
+
+
+def test_exact_evaluation_matches_numpy_and_factorized_topk(synthetic):
+    model, _ = _train(synthetic, epochs=2)
+    fast = towerkit.evaluate_topk(model, synthetic, ks=[1, 5, 10, 20, 50])
+
+    # An exact NumPy computation from the same embeddings, in float64: the true
+    # candidate's rank among all candidates (item i is candidate row i here).
+    queries = embed(model.query_tower, synthetic.test_features(["user_id"])).numpy().astype(np.float64)
+    candidates = embed(model.candidate_tower, {"movie_title": synthetic.candidate_ids}).numpy().astype(np.float64)
+    rows = np.array([int(t.split()[-1]) for t in synthetic.test_features(["movie_title"])["movie_title"]])
+    scores = queries @ candidates.T
+    ranks = (scores > scores[np.arange(len(rows)), rows][:, None] + 1e-9).sum(axis=1)
+    for k in (1, 5, 10, 20, 50):
+        assert abs(fast[f"top_{k}"] - np.mean(ranks < k)) <= 1e-4
+
+    # FactorizedTopK, as the tutorial computes it in model.evaluate, ranks the
+    # positive below itself when rounding makes sum(q*c) < matmul(q, c); the two
+    # agree up to those ties.
+    test = tf.data.Dataset.from_tensor_slices(synthetic.test_features(model.feature_keys)).batch(512)
+    slow = model.evaluate(test, return_dict=True, verbose=0)
+    for k in (10, 50):
+        factorized = slow[f"factorized_top_k/top_{k}_categorical_accuracy"]
+        assert factorized <= fast[f"top_{k}"] + 1e-4
+        assert fast[f"top_{k}"] - factorized <= 0.05
+
+
+def test_excluding_training_items_never_lowers_accuracy(synthetic):
+    model, _ = _train(synthetic, epochs=1)
+    results = towerkit.evaluate_topk(model, synthetic, ks=[1, 10, 50], exclude_train=True)
+    for k in (1, 10, 50):
+        assert results[f"excl_top_{k}"] >= results[f"top_{k}"]
+
+
+def test_popularity_baseline_ranks_by_training_counts(synthetic):
+    results = towerkit.popularity_topk(synthetic, ks=[1, 80])
+    assert results["top_80"] == 1.0  # every candidate is within the top 80 of 80
+    train_ids = synthetic.interactions["movie_title"][synthetic.train_rows]
+    test_ids = synthetic.interactions["movie_title"][synthetic.test_rows]
+    values, counts = np.unique(train_ids, return_counts=True)
+    most_popular = values[np.argmax(counts)]
+    assert results["top_1"] == pytest.approx(np.mean(test_ids == most_popular))
+
+
+def test_model_beats_popularity_on_structured_data(synthetic):
+    model, _ = _train(synthetic, epochs=8)
+    assert towerkit.evaluate_topk(model, synthetic)["top_10"] > towerkit.popularity_topk(synthetic)["top_10"]
+
+
+def test_factorized_metric_candidates_cover_the_whole_set(synthetic):
+    tower = towerkit.create_tower("movie", embedding_dim=4)
+    tower.adapt(synthetic.adapt_features())
+    total = sum(int(batch.shape[0]) for batch in candidate_embeddings_dataset(synthetic, tower))
+    assert total == len(synthetic.candidate_ids)

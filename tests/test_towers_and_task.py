@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+import towerkit
+from towerkit.errors import ConfigError, FeatureError
+from towerkit.towers.id_embedding import IdEmbeddingTower
+
+
+def test_tower_embeds_known_ids_and_shares_an_oov_row():
+    tower = towerkit.create_tower("user", vocabulary=["1", "2", "3"], embedding_dim=4)
+    out = tower({"user_id": tf.constant(["1", "2", "nobody", "stranger"])}).numpy()
+    assert out.shape == (4, 4)
+    assert not np.allclose(out[0], out[1])
+    np.testing.assert_array_equal(out[2], out[3])  # both unknown ids use the OOV row
+    # A bare tensor feeds a single-feature tower, as in the tutorial's index(tf.constant(["42"])).
+    np.testing.assert_array_equal(tower(tf.constant(["1"])).numpy()[0], out[0])
+
+
+def test_tower_declares_and_checks_features():
+    tower = towerkit.create_tower("movie", vocabulary=["a"], embedding_dim=2)
+    assert tower.feature_keys == ("movie_title",)
+    with pytest.raises(FeatureError, match="needs feature\\(s\\) movie_title"):
+        tower({"user_id": tf.constant(["a"])})
+    assert towerkit.create_tower("user", feature="uid").feature_keys == ("uid",)
+
+
+def test_tower_config_round_trips():
+    tower = towerkit.create_tower("user", vocabulary=["x", "y"], embedding_dim=3)
+    tower(tf.constant(["x"]))
+    clone = IdEmbeddingTower.from_config(tower.get_config())
+    clone(tf.constant(["x"]))
+    clone.set_weights(tower.get_weights())
+    ids = tf.constant(["y", "x", "zz"])
+    np.testing.assert_allclose(clone(ids).numpy(), tower(ids).numpy())
+    restored = tf.keras.layers.deserialize(tf.keras.layers.serialize(tower))
+    assert isinstance(restored, IdEmbeddingTower) and restored.vocabulary == ["x", "y"]
+
+
+def test_tower_adapts_from_data():
+    tower = towerkit.create_tower("user", embedding_dim=2)
+    assert not tower.is_adapted
+    tower.adapt({"user_id": np.array(["b", "a", "b"])})
+    assert tower.vocabulary == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "32", True])
+def test_tower_rejects_bad_dims(bad):
+    with pytest.raises(ConfigError, match="embedding_dim must be a positive integer"):
+        towerkit.create_tower("user", embedding_dim=bad)
+
+
+def _tfrs_loss(query, candidates, **kwargs):
+    return tfrs.tasks.Retrieval(**kwargs)(query, candidates, compute_metrics=False)
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.2}])
+def test_fast_loss_equals_tfrs_loss(options):
+    rng = np.random.default_rng(0)
+    query = tf.constant(rng.normal(size=(64, 8)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(64, 8)), tf.float32)
+    task = towerkit.create_task("retrieval", **options)
+    ours = task(query, candidates, compute_metrics=False).numpy()
+    np.testing.assert_allclose(ours, _tfrs_loss(query, candidates, **options).numpy(), rtol=1e-5)
+
+
+def test_fast_loss_with_weights_and_sampling_probability_equals_tfrs():
+    rng = np.random.default_rng(1)
+    query = tf.constant(rng.normal(size=(32, 4)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(32, 4)), tf.float32)
+    weights = tf.constant(rng.uniform(0.1, 2.0, size=32), tf.float32)
+    probability = tf.constant(rng.uniform(0.001, 0.1, size=32), tf.float32)
+    ours = towerkit.create_task("retrieval")(
+        query, candidates, sample_weight=weights, candidate_sampling_probability=probability, compute_metrics=False)
+    theirs = tfrs.tasks.Retrieval()(
+        query, candidates, sample_weight=weights, candidate_sampling_probability=probability, compute_metrics=False)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5)
+
+
+def test_logq_correction_uses_training_frequencies_and_changes_the_loss():
+    rng = np.random.default_rng(2)
+    query = tf.constant(rng.normal(size=(16, 4)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(16, 4)), tf.float32)
+    ids = tf.constant([f"item {i % 4}" for i in range(16)])
+    task = towerkit.create_task("retrieval", logq_correction=True)
+    with pytest.raises(ConfigError, match="logq_correction needs"):
+        task(query, candidates, candidate_ids=ids)
+    task.set_candidate_probabilities({"item 0": 0.7, "item 1": 0.1, "item 2": 0.1, "item 3": 0.1})
+    corrected = task(query, candidates, candidate_ids=ids, compute_metrics=False).numpy()
+    plain = towerkit.create_task("retrieval")(query, candidates, compute_metrics=False).numpy()
+    assert not np.isclose(corrected, plain)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"ks": []}, "ks must be"), ({"ks": [0]}, "ks must be"), ({"temperature": 0}, "temperature must be"),
+     ({"num_hard_negatives": -1}, "num_hard_negatives must be")],
+)
+def test_task_rejects_invalid_values(options, message):
+    with pytest.raises(ConfigError, match=message):
+        towerkit.create_task("retrieval", **options)
+
+
+def test_task_config_round_trips():
+    task = towerkit.create_task("retrieval", temperature=0.5, ks=[1, 10], num_hard_negatives=3)
+    config = task.get_config()
+    assert config["temperature"] == 0.5 and config["ks"] == [1, 10] and config["num_hard_negatives"] == 3
+    rebuilt = towerkit.create_task("retrieval", **{k: v for k, v in config.items() if k != "name"})
+    assert rebuilt.get_config() == {**config, "name": rebuilt.name}
