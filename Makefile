@@ -1,0 +1,24 @@
+# Quick start: `make train` runs the main job, `make test` runs the test suite.
+# Both create .venv from pyproject.toml on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install train test bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,plot]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/towerkit train
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/train_bench.py
