@@ -13,13 +13,13 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-DEFAULT_RECIPE = "basic-retrieval"
+DEFAULT_RECIPE = "retrieval"
 KIND_CHOICES = ("towers", "tasks", "indexes", "datasets", "recipes")
 
 EPILOGS = {
     "train": """examples:
-  towerkit train                              # the seed tutorial, on MovieLens-100K
-  towerkit train basic-retrieval --output runs/seed
+  towerkit train                              # the tuned recipe, on MovieLens-100K
+  towerkit train basic-retrieval --output runs/seed   # the TFRS tutorial, exactly
   towerkit train my_recipe.toml --set train.epochs=5 --set query_tower.embedding_dim=64""",
     "list": """examples:
   towerkit list towers

@@ -30,6 +30,7 @@ class IdEmbeddingTower(Tower):
         vocabulary: The known ids; if omitted, :meth:`adapt` learns them.
         embedding_dim: Width of the embeddings.
         num_oov_buckets: Rows reserved for unknown ids.
+        l2: L2 penalty on the embeddings of each batch (0 for none).
         **kwargs: Passed to ``tf.keras.layers.Layer``.
 
     Example:
@@ -44,9 +45,13 @@ class IdEmbeddingTower(Tower):
         vocabulary: Sequence[str] | None = None,
         embedding_dim: int = 32,
         num_oov_buckets: int = 1,
+        l2: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(embedding_dim=embedding_dim, **kwargs)
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
+            raise ConfigError(f"l2 must be a non-negative number, got {l2!r}.")
+        self.l2 = float(l2)
         if not isinstance(feature, str) or not feature:
             raise ConfigError(f"feature must be a non-empty string, got {feature!r}.")
         self.feature = feature
@@ -90,7 +95,12 @@ class IdEmbeddingTower(Tower):
                 "with data so it can adapt."
             )
         ids = self.select(features)[self.feature]
-        return self.embedding(self.lookup(ids))
+        embeddings = self.embedding(self.lookup(ids))
+        if self.l2:
+            # Penalising the rows a batch uses (not the whole table) regularises
+            # frequent ids more, like weight decay applied per occurrence.
+            self.add_loss(self.l2 * tf.reduce_sum(tf.square(embeddings)))
+        return embeddings
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -98,5 +108,6 @@ class IdEmbeddingTower(Tower):
             feature=self.feature,
             vocabulary=self.vocabulary,
             num_oov_buckets=self.num_oov_buckets,
+            l2=self.l2,
         )
         return config

@@ -12,6 +12,7 @@ def movie_tower(
     embedding_dim: int = 32,
     feature: str = "movie_title",
     num_oov_buckets: int = 1,
+    l2: float = 0.0,
     name: str = "movie_tower",
 ) -> IdEmbeddingTower:
     """Builds the movie tower: movie title -> StringLookup -> Embedding.
@@ -20,7 +21,8 @@ def movie_tower(
         vocabulary: Known titles; learned at assembly if omitted.
         embedding_dim: Width of the embeddings.
         feature: The feature key to read.
+        l2: L2 penalty on the embeddings each batch uses.
         num_oov_buckets: Rows shared by unknown titles.
         name: The layer name.
     """
-    return IdEmbeddingTower(feature, vocabulary, embedding_dim, num_oov_buckets, name=name)
+    return IdEmbeddingTower(feature, vocabulary, embedding_dim, num_oov_buckets, l2=l2, name=name)
