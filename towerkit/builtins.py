@@ -14,13 +14,18 @@ def register_towers(register):
     register(
         "user",
         "towerkit.towers.user:user_tower",
-        description="User id -> StringLookup + Embedding (reads 'user_id').",
+        description="User id embedding; options add demographics, time and a deep stack.",
     )
     register(
         "movie",
         "towerkit.towers.movie:movie_tower",
         aliases=("item",),
-        description="Movie title -> StringLookup + Embedding (reads 'movie_title').",
+        description="Movie title embedding; options add genres and title words.",
+    )
+    register(
+        "item-query",
+        "towerkit.towers.item_query:item_query_tower",
+        description="Item-to-item query tower over the query movie (reads 'query_movie_title').",
     )
     register(
         "id-embedding",
@@ -60,6 +65,12 @@ def register_datasets(register):
         "towerkit.datasets.movielens:MovieLens100K",
         aliases=("movielens",),
         description="MovieLens-100K ratings as implicit feedback, with the seed's 80/20 split.",
+    )
+    register(
+        "movielens-100k-item2item",
+        "towerkit.datasets.item2item:MovieLensItemToItem",
+        aliases=("item2item",),
+        description="(movie, next movie rated by the same user) pairs from MovieLens-100K.",
     )
     register(
         "synthetic",

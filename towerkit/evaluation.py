@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
@@ -27,7 +28,7 @@ DEFAULT_KS = (1, 5, 10, 50, 100)
 
 def embed(tower: Any, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> tf.Tensor:
     """Runs a tower over column arrays in batches and returns ``[n, dim]``."""
-    dataset = tf.data.Dataset.from_tensor_slices(dict(columns)).batch(batch_size)
+    dataset = to_tf_dataset(columns).batch(batch_size)
     call = tf.function(tower, reduce_retracing=True)
     return tf.concat([call(batch) for batch in dataset], axis=0)
 
@@ -51,6 +52,13 @@ def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
     return seen, {str(u): i for i, u in enumerate(users)}
 
 
+def _count_above(scores: tf.Tensor, positives: tf.Tensor, exclude: np.ndarray | None) -> np.ndarray:
+    above = scores > positives[:, None]
+    if exclude is not None:
+        above = tf.logical_and(above, tf.logical_not(exclude))
+    return tf.reduce_sum(tf.cast(above, tf.int32), axis=1).numpy()
+
+
 def ranks_from_scores(
     query_embeddings: tf.Tensor,
     positive_scores: tf.Tensor,
@@ -67,16 +75,14 @@ def ranks_from_scores(
     """
     ranks = []
     for start in range(0, int(query_embeddings.shape[0]), chunk):
-        scores = tf.linalg.matmul(query_embeddings[start : start + chunk], candidate_embeddings, transpose_b=True)
-        positives = positive_scores[start : start + chunk]
+        stop = start + chunk
+        scores = tf.linalg.matmul(query_embeddings[start:stop], candidate_embeddings, transpose_b=True)
+        positives = positive_scores[start:stop]
         if positive_rows is not None:
-            rows = positive_rows[start : start + chunk]
+            rows = positive_rows[start:stop]
             from_matmul = tf.gather(scores, np.maximum(rows, 0), axis=1, batch_dims=1)
             positives = tf.where(rows >= 0, from_matmul, positives)
-        above = scores > positives[:, None]
-        if exclude is not None:
-            above = tf.logical_and(above, tf.logical_not(exclude[start : start + chunk]))
-        ranks.append(tf.reduce_sum(tf.cast(above, tf.int32), axis=1).numpy())
+        ranks.append(_count_above(scores, positives, None if exclude is None else exclude[start:stop]))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int32)
 
 
@@ -84,10 +90,37 @@ def topk_from_ranks(ranks: np.ndarray, ks: Sequence[int], prefix: str = "") -> d
     return {f"{prefix}top_{k}": float(np.mean(ranks < k)) if len(ranks) else 0.0 for k in ks}
 
 
+def _candidate_rows(data: Any, ids: np.ndarray) -> np.ndarray:
+    """Each id's first row in the candidate set, or -1."""
+    first_row: dict[str, int] = {}
+    for row, cid in enumerate(data.candidate_ids.tolist()):
+        first_row.setdefault(cid, row)
+    return np.array([first_row.get(cid, -1) for cid in ids.tolist()], dtype=np.int64)
+
+
+def positive_candidate_rows(data: Any) -> np.ndarray:
+    """Each test example's candidate row (the first with its id), or -1 if it has none."""
+    return _candidate_rows(data, data.interactions[data.candidate_id_key][data.test_rows])
+
+
 def _exclusion_mask(data: Any) -> np.ndarray:
-    seen, user_index = _seen_matrix(data)
-    test_users = data.interactions[data.query_id_key][data.test_rows]
-    return seen[[user_index[str(u)] for u in test_users]]
+    seen, query_index = _seen_matrix(data)
+    test_queries = data.interactions[data.query_id_key][data.test_rows]
+    return seen[[query_index[str(q)] for q in test_queries]]
+
+
+def ranking_masks(data: Any, exclude_train: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Candidates to leave out of each test example's ranking: (always, when excluding training items)."""
+    always = None
+    if getattr(data, "exclude_query_from_candidates", False):
+        query_rows = _candidate_rows(data, data.interactions[data.query_id_key][data.test_rows])
+        always = np.zeros((len(query_rows), len(data.candidate_ids)), dtype=bool)
+        valid = query_rows >= 0
+        always[np.flatnonzero(valid), query_rows[valid]] = True
+    if not exclude_train:
+        return always, None
+    seen = _exclusion_mask(data)
+    return always, seen if always is None else (seen | always)
 
 
 def evaluate_topk(
@@ -119,21 +152,40 @@ def evaluate_topk(
     )
     positive_scores = tf.reduce_sum(query_embeddings * positives, axis=1)
     rows = positive_candidate_rows(data)
-    results = topk_from_ranks(ranks_from_scores(query_embeddings, positive_scores, candidates, positive_rows=rows), ks)
+    always, excluding = ranking_masks(data, exclude_train)
+    results = topk_from_ranks(ranks_from_scores(query_embeddings, positive_scores, candidates, always, positive_rows=rows), ks)
     if exclude_train:
-        mask = _exclusion_mask(data)
-        ranks = ranks_from_scores(query_embeddings, positive_scores, candidates, mask, positive_rows=rows)
+        ranks = ranks_from_scores(query_embeddings, positive_scores, candidates, excluding, positive_rows=rows)
         results.update(topk_from_ranks(ranks, ks, "excl_"))
     return results
 
 
-def positive_candidate_rows(data: Any) -> np.ndarray:
-    """Each test example's candidate row (the first with its id), or -1 if it has none."""
-    first_row: dict[str, int] = {}
-    for row, cid in enumerate(data.candidate_ids.tolist()):
-        first_row.setdefault(cid, row)
-    test_ids = data.interactions[data.candidate_id_key][data.test_rows].tolist()
-    return np.array([first_row.get(cid, -1) for cid in test_ids], dtype=np.int64)
+def _train_counts(data: Any) -> np.ndarray:
+    train_ids = data.interactions[data.candidate_id_key][data.train_rows]
+    unique, counts = np.unique(train_ids, return_counts=True)
+    count_of = dict(zip(unique.tolist(), counts.tolist()))
+    return np.array([count_of.get(c, 0) for c in data.candidate_ids.tolist()], dtype=np.float64)
+
+
+def _ranks_from_matrix(score_rows: Any, positive_rows: np.ndarray, exclude: np.ndarray | None, chunk: int = 4096) -> np.ndarray:
+    """Ranks from a callable giving each chunk's ``[chunk, candidates]`` scores."""
+    ranks = []
+    for start in range(0, len(positive_rows), chunk):
+        stop = start + chunk
+        scores = tf.constant(score_rows(start, stop))
+        rows = positive_rows[start:stop]
+        positives = tf.where(rows >= 0, tf.gather(scores, np.maximum(rows, 0), axis=1, batch_dims=1), -np.inf)
+        ranks.append(_count_above(scores, positives, None if exclude is None else exclude[start:stop]))
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int32)
+
+
+def _baseline_topk(data: Any, score_rows: Any, ks: Sequence[int], exclude_train: bool) -> dict[str, float]:
+    rows = positive_candidate_rows(data)
+    always, excluding = ranking_masks(data, exclude_train)
+    results = topk_from_ranks(_ranks_from_matrix(score_rows, rows, always), ks)
+    if exclude_train:
+        results.update(topk_from_ranks(_ranks_from_matrix(score_rows, rows, excluding), ks, "excl_"))
+    return results
 
 
 def popularity_topk(data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: bool = False) -> dict[str, float]:
@@ -141,18 +193,34 @@ def popularity_topk(data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: bo
 
     Scores are training counts; the same tie rule as the model's evaluation applies.
     """
-    train_ids = data.interactions[data.candidate_id_key][data.train_rows]
-    unique, counts = np.unique(train_ids, return_counts=True)
-    count_of = dict(zip(unique.tolist(), counts.tolist()))
-    candidate_counts = np.array([count_of.get(c, 0) for c in data.candidate_ids.tolist()], dtype=np.float32)
-    test_ids = data.interactions[data.candidate_id_key][data.test_rows]
-    positive_counts = np.array([count_of.get(c, 0) for c in test_ids.tolist()], dtype=np.float32)
-    # One-dimensional "embeddings": a query of 1 scores each candidate by its count.
-    queries = tf.ones([len(test_ids), 1])
-    candidate_matrix = tf.constant(candidate_counts[:, None])
-    positives = tf.constant(positive_counts)
-    results = topk_from_ranks(ranks_from_scores(queries, positives, candidate_matrix), ks)
-    if exclude_train:
-        mask = _exclusion_mask(data)
-        results.update(topk_from_ranks(ranks_from_scores(queries, positives, candidate_matrix, mask), ks, "excl_"))
-    return results
+    counts = _train_counts(data)
+    return _baseline_topk(data, lambda start, stop: np.tile(counts, (len(data.test_rows[start:stop]), 1)),
+                          ks, exclude_train)
+
+
+def cooccurrence_topk(data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: bool = False) -> dict[str, float]:
+    """Top-k accuracy of recommending the candidates most often paired with the query in training.
+
+    For item-to-item data: a candidate's score is how many training pairs join
+    it to the query item, with popularity (scaled below 1) breaking ties.
+    """
+    num = len(data.candidate_ids)
+    query_rows = _candidate_rows(data, data.interactions[data.query_id_key][data.train_rows])
+    candidate_rows = _candidate_rows(data, data.interactions[data.candidate_id_key][data.train_rows])
+    valid = (query_rows >= 0) & (candidate_rows >= 0)
+    pairs = np.zeros((num, num), dtype=np.float64)
+    np.add.at(pairs, (query_rows[valid], candidate_rows[valid]), 1.0)
+    counts = _train_counts(data)
+    tie_break = counts / (counts.max() + 1.0)
+    test_queries = _candidate_rows(data, data.interactions[data.query_id_key][data.test_rows])
+
+    def score_rows(start: int, stop: int) -> np.ndarray:
+        rows = test_queries[start:stop]
+        scores = pairs[np.maximum(rows, 0)] + tie_break
+        scores[rows < 0] = tie_break
+        return scores
+
+    return _baseline_topk(data, score_rows, ks, exclude_train)
+
+
+BASELINES = {"popularity": popularity_topk, "cooccurrence": cooccurrence_topk}

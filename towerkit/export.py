@@ -73,9 +73,16 @@ def save_export(
         scores, ids = index(features)
         return {"scores": scores, "ids": ids}
 
+    logger = tf.get_logger()
+    level = logger.level
     try:
         options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if is_scann else None)
-        tf.saved_model.save(index, str(staging), signatures={"serving_default": serve}, options=options)
+        # Keras warns that TFRS' index layers have no get_config; SavedModel does not need one.
+        logger.setLevel("ERROR")
+        try:
+            tf.saved_model.save(index, str(staging), signatures={"serving_default": serve}, options=options)
+        finally:
+            logger.setLevel(level)
         record = {
             "format_version": FORMAT_VERSION,
             "towerkit_version": _towerkit_version(),

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.registry import registry
 
@@ -126,7 +127,7 @@ def candidate_embeddings_dataset(data, candidate_tower, batch_size: int = 128) -
     """The candidate set mapped through the candidate tower, as the tutorial feeds FactorizedTopK."""
     keys = candidate_tower.feature_keys
     columns = {k: data.candidate_features[k] for k in keys}
-    return tf.data.Dataset.from_tensor_slices(columns).batch(batch_size).map(candidate_tower)
+    return to_tf_dataset(columns).batch(batch_size).map(candidate_tower)
 
 
 def assemble(
@@ -166,8 +167,10 @@ def assemble(
     """
     if style not in STYLES:
         raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}.")
-    query_tower = _build("towers", query)
     candidate_tower = _build("towers", candidate)
+    if isinstance(query, Mapping) and query.get("share_with") == "candidate":
+        query = {**query, "share_with": candidate_tower}
+    query_tower = _build("towers", query)
     for role, tower in (("query", query_tower), ("candidate", candidate_tower)):
         if not isinstance(tower, tf.keras.layers.Layer) or not hasattr(tower, "feature_keys"):
             raise ConfigError(

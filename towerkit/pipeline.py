@@ -13,8 +13,9 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from towerkit import config as recipe_config
+from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
-from towerkit.evaluation import embed, evaluate_topk, popularity_topk
+from towerkit.evaluation import BASELINES, embed, evaluate_topk
 from towerkit.export import load_export, save_export
 from towerkit.models import assemble
 from towerkit.registry import create_index, load_dataset
@@ -58,7 +59,7 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
     """
     columns = data.train_features(keys)
     return (
-        tf.data.Dataset.from_tensor_slices(columns)
+        to_tf_dataset(columns)
         .shuffle(shuffle_buffer, seed=seed)
         .batch(batch_size)
         .cache()
@@ -155,14 +156,19 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
     tick = time.perf_counter()
     results = evaluate_topk(model, data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"])
     timings["evaluate_seconds"] = time.perf_counter() - tick
-    baseline = popularity_topk(data, evaluation["ks"], evaluation["exclude_train"])
+    baselines = {
+        name: BASELINES[name](data, evaluation["ks"], evaluation["exclude_train"])
+        for name in getattr(data, "baselines", ("popularity",))
+    }
     ks = evaluation["ks"]
-    log(f"  model       {_format_topk(results, ks)}")
-    log(f"  popularity  {_format_topk(baseline, ks)}")
+    log(f"  {'model':<13}{_format_topk(results, ks)}")
+    for name, baseline in baselines.items():
+        log(f"  {name:<13}{_format_topk(baseline, ks)}")
     if evaluation["exclude_train"]:
         log("  excluding each user's training items:")
-        log(f"  model       {_format_topk(results, ks, 'excl_')}")
-        log(f"  popularity  {_format_topk(baseline, ks, 'excl_')}")
+        log(f"  {'model':<13}{_format_topk(results, ks, 'excl_')}")
+        for name, baseline in baselines.items():
+            log(f"  {name:<13}{_format_topk(baseline, ks, 'excl_')}")
 
     log(f"building index {config['index']['name']} ...")
     tick = time.perf_counter()
@@ -172,19 +178,19 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
     query_keys = list(model.query_tower.feature_keys)
     example_features = {key: tf.constant([example]) for key in query_keys}
     _, top = index(example_features)
-    example_top = [t.decode("utf-8") for t in top[0, :3].numpy()]
+    example_top = [t.decode("utf-8") for t in top[0].numpy() if t.decode("utf-8") != example][:3]
     log(f"  top 3 for {query_keys[0]}={example!r}: {example_top}")
 
     metrics: dict[str, Any] = {
         "recipe": config["recipe"]["name"],
         "dataset": info,
-        "test": {k: v for k, v in results.items() if not k.startswith("excl_")},
-        "popularity": {k: v for k, v in baseline.items() if not k.startswith("excl_")},
         "example": {"query": example, "top": example_top},
     }
-    if evaluation["exclude_train"]:
-        metrics["test_excluding_train"] = {k[5:]: v for k, v in results.items() if k.startswith("excl_")}
-        metrics["popularity_excluding_train"] = {k[5:]: v for k, v in baseline.items() if k.startswith("excl_")}
+    for name, values in {"test": results, **baselines}.items():
+        metrics[name] = {k: v for k, v in values.items() if not k.startswith("excl_")}
+        if evaluation["exclude_train"]:
+            suffix = "test_excluding_train" if name == "test" else f"{name}_excluding_train"
+            metrics[suffix] = {k[5:]: v for k, v in values.items() if k.startswith("excl_")}
 
     export_dir = None
     if config["export"]["enabled"]:
@@ -198,7 +204,7 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
             metadata=_export_metadata(config, model, metrics),
         )
         reloaded = load_export(export_dir).recommend({key: [example] for key in query_keys})[1]
-        reloaded_top = [t.decode("utf-8") for t in reloaded[0, :3]]
+        reloaded_top = [t.decode("utf-8") for t in reloaded[0] if t.decode("utf-8") != example][:3]
         if reloaded_top != example_top:
             raise TowerkitError(
                 f"the reloaded export returns {reloaded_top} but the index returned {example_top}; "

@@ -74,6 +74,10 @@ class RetrievalDataset:
     name = "dataset"
     query_id_key = "user_id"
     candidate_id_key = "movie_title"
+    # Baselines the train job reports beside the model (see towerkit.evaluation.BASELINES).
+    baselines: tuple[str, ...] = ("popularity",)
+    # Item-to-item: the query item is itself a candidate and must not be recommended.
+    exclude_query_from_candidates = False
 
     def __init__(
         self,

@@ -113,6 +113,9 @@ def load_tfds(data_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, np
 
     It never downloads: a missing tfds copy falls through to the next source.
     """
+    root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+    if not (root / "movielens" / "100k-ratings").is_dir() or not (root / "movielens" / "100k-movies").is_dir():
+        return None  # not prepared; importing tfds just to learn that costs seconds and logs warnings
     import tensorflow_datasets as tfds
 
     tables = []
