@@ -27,6 +27,9 @@ EPILOGS = {
   towerkit list recipes --json""",
     "recommend": """examples:
   towerkit recommend --model towerkit-runs/basic-retrieval/model --user 42 -k 10""",
+    "similar": """examples:
+  towerkit train item-to-item
+  towerkit similar "Star Wars (1977)" -k 10""",
     "data": """examples:
   towerkit data fetch movielens-100k
   towerkit data info movielens-100k --json""",
@@ -180,6 +183,27 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_similar(args: argparse.Namespace) -> int:
+    from towerkit.export import load_export
+
+    export = load_export(args.model)
+    keys = export.query_feature_keys
+    if len(keys) != 1:
+        raise UserError(f"this model reads {', '.join(keys)}; `similar` needs an item-to-item model with one query feature.")
+    scores, ids = export.recommend({keys[0]: [args.item]})
+    # The query item is itself a candidate; "more like this" never returns it.
+    rows = [(i.decode("utf-8"), float(s)) for i, s in zip(ids[0], scores[0]) if i.decode("utf-8") != args.item]
+    if args.k > len(rows):
+        raise UserError(f"-k {args.k} is more than the {len(rows)} results this export returns; ask for at most {len(rows)}.")
+    result = [{"rank": n + 1, "id": item, "score": score} for n, (item, score) in enumerate(rows[: args.k])]
+    if args.json:
+        _print_json(result)
+    else:
+        for row in result:
+            print(f"{row['rank']:>3}. {row['id']}  ({row['score']:.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="towerkit", description="Two-tower retrieval recommenders, assembled by name.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -225,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     recommend.add_argument("--json", action="store_true")
     recommend.set_defaults(func=cmd_recommend)
+
+    similar = add("similar", "Items like a given item, from an item-to-item export.")
+    similar.add_argument("item", help="the query item's id, e.g. a movie title")
+    similar.add_argument("--model", default=os.path.join("towerkit-runs", "item-to-item", "model"),
+                         help="export dir written by `towerkit train item-to-item` (default %(default)s)")
+    similar.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    similar.add_argument("--json", action="store_true")
+    similar.set_defaults(func=cmd_similar)
     return parser
 
 
