@@ -1,6 +1,6 @@
 """Recommendation quality of the shipped recipes against popularity, on the seed's split.
 
-Usage: python benchmarks/quality.py [--recipes basic-retrieval retrieval] [--seeds 42]
+Usage: python benchmarks/quality.py [--recipes basic-retrieval retrieval item-to-item] [--seeds 42]
 
 Prints exact test top-k (nothing excluded, as the tutorial measures it, and
 with each user's training items excluded) for each recipe and the popularity
@@ -32,34 +32,43 @@ def measure(recipe: str, seed: int) -> dict:
     config = recipe_config.resolve(raw, origin)
     with tempfile.TemporaryDirectory() as output:
         metrics = run(config, output, log=lambda message: None, verbose=0).metrics
-    row = {f"top_{k}": metrics["test"][f"top_{k}"] for k in KS}
-    row.update({f"excl_top_{k}": metrics["test_excluding_train"][f"top_{k}"] for k in KS})
-    row["fit"] = metrics["timing"]["fit_seconds"]
-    popularity = {f"top_{k}": metrics["popularity"][f"top_{k}"] for k in KS}
-    popularity.update({f"excl_top_{k}": metrics["popularity_excluding_train"][f"top_{k}"] for k in KS})
-    return {"model": row, "popularity": popularity}
+    rows = {}
+    for name in ["test", *(k for k in ("popularity", "cooccurrence") if k in metrics)]:
+        row = {f"top_{k}": metrics[name][f"top_{k}"] for k in KS}
+        excluded = metrics.get("test_excluding_train" if name == "test" else f"{name}_excluding_train", {})
+        row.update({f"excl_top_{k}": excluded.get(f"top_{k}", float("nan")) for k in KS})
+        rows["model" if name == "test" else name] = row
+    rows["model"]["fit"] = metrics["timing"]["fit_seconds"]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=["basic-retrieval", "retrieval"])
+    parser.add_argument("--recipes", nargs="+", default=["basic-retrieval", "retrieval", "item-to-item"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     args = parser.parse_args()
 
     results = {}
-    popularity = None
+    baselines = {}
     for recipe in args.recipes:
         runs = [measure(recipe, seed) for seed in args.seeds]
-        popularity = runs[0]["popularity"]
         results[recipe] = {key: statistics.mean(r["model"][key] for r in runs) for key in runs[0]["model"]}
+        baselines[recipe] = {k: v for k, v in runs[0].items() if k != "model"}
 
     columns = ["top_10", "top_100", "excl_top_10", "excl_top_100", "fit"]
     print(f"seeds: {args.seeds}")
-    print(f"{'':18}" + "".join(f"{c:>14}" for c in columns))
-    print(f"{'popularity':18}" + "".join(f"{popularity[c]:14.4f}" for c in columns[:-1]) + f"{'-':>14}")
+    print(f"{'':30}" + "".join(f"{c:>14}" for c in columns))
+    shown = set()
     for recipe, row in results.items():
-        print(f"{recipe:18}" + "".join(f"{row[c]:14.4f}" for c in columns[:-1]) + f"{row['fit']:13.1f}s")
-    if "retrieval" in results:
+        for name, baseline in baselines[recipe].items():
+            label = f"{name} ({recipe})"
+            key = (name, tuple(baseline.values()))
+            if key not in shown:
+                shown.add(key)
+                print(f"{label:30}" + "".join(f"{baseline[c]:14.4f}" for c in columns[:-1]) + f"{'-':>14}")
+        print(f"{recipe:30}" + "".join(f"{row[c]:14.4f}" for c in columns[:-1]) + f"{row['fit']:13.1f}s")
+    popularity = baselines.get("retrieval", {}).get("popularity")
+    if "retrieval" in results and popularity:
         tuned = results["retrieval"]
         print()
         for key, bound in TARGETS.items():
