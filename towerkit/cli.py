@@ -26,7 +26,8 @@ EPILOGS = {
   towerkit list indexes 'scann*'
   towerkit list recipes --json""",
     "recommend": """examples:
-  towerkit recommend --model towerkit-runs/basic-retrieval/model --user 42 -k 10""",
+  towerkit recommend --model towerkit-runs/retrieval/model --user 42 -k 10
+  towerkit recommend --model towerkit-runs/retrieval/model --user 42 --exclude-seen --json""",
     "similar": """examples:
   towerkit train item-to-item
   towerkit similar "Star Wars (1977)" -k 10""",
@@ -166,15 +167,29 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from towerkit.export import load_export
 
+    from towerkit.pipeline import QUERY_VOCABULARY_FILE, SEEN_FILE
+
     export = load_export(args.model)
     keys = export.query_feature_keys
     if len(keys) != 1:
         raise UserError(f"this model reads {', '.join(keys)}; --user only feeds a single-feature query tower.")
-    scores, ids = export.recommend({keys[0]: [args.user]})
+    vocabulary = export.read_json(QUERY_VOCABULARY_FILE)
+    if vocabulary is not None and args.user not in set(vocabulary):
+        # Documented behaviour: unknown ids share the out-of-vocabulary embedding.
+        print(f"towerkit: warning: {keys[0]} {args.user!r} is unknown to this model; answering from the "
+              "shared out-of-vocabulary embedding.", file=sys.stderr)
+    exclusions = None
+    if args.exclude_seen:
+        seen = export.read_json(SEEN_FILE)
+        if seen is None:
+            raise UserError(f"{args.model} has no {SEEN_FILE}, so --exclude-seen cannot know what was seen; re-export it.")
+        exclusions = [seen.get(args.user, [])]
+    scores, ids = export.recommend({keys[0]: [args.user]}, exclusions)
     available = scores.shape[1]
     if args.k > available:
         raise UserError(f"-k {args.k} is more than the {available} results this export returns; ask for at most {available}.")
-    rows = [{"rank": i + 1, "id": ids[0, i].decode("utf-8"), "score": float(scores[0, i])} for i in range(args.k)]
+    rows = [{"rank": i + 1, "id": ids[0, i].decode("utf-8"), "score": float(scores[0, i])} for i in range(args.k)
+            if ids[0, i]]
     if args.json:
         _print_json(rows)
     else:
@@ -247,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--model", required=True, help="export dir written by train")
     recommend.add_argument("--user", required=True, help="the query id (e.g. a user id)")
     recommend.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    recommend.add_argument("--exclude-seen", action="store_true", help="leave out the user's training items")
     recommend.add_argument("--json", action="store_true")
     recommend.set_defaults(func=cmd_recommend)
 

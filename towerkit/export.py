@@ -47,6 +47,7 @@ def save_export(
     *,
     query_feature_keys: Sequence[str],
     metadata: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Saves an index (with its query model) as a SavedModel directory, atomically.
 
@@ -58,6 +59,7 @@ def save_export(
         path: The export directory.
         query_feature_keys: The raw query features the signature takes.
         metadata: Recorded in towerkit.json (components, metrics, ...).
+        extra_files: More files to write into the export (e.g. seen items), by name.
     """
     target = Path(path)
     try:
@@ -73,6 +75,11 @@ def save_export(
         scores, ids = index(features)
         return {"scores": scores, "ids": ids}
 
+    @tf.function(input_signature=[specs, tf.TensorSpec([None, None], tf.string, name="exclusions")])
+    def serve_excluding(features, exclusions):
+        scores, ids = index.search_excluding(features, exclusions, index._k)
+        return {"scores": scores, "ids": ids}
+
     logger = tf.get_logger()
     level = logger.level
     try:
@@ -80,7 +87,8 @@ def save_export(
         # Keras warns that TFRS' index layers have no get_config; SavedModel does not need one.
         logger.setLevel("ERROR")
         try:
-            tf.saved_model.save(index, str(staging), signatures={"serving_default": serve}, options=options)
+            signatures = {"serving_default": serve, "serving_exclusions": serve_excluding}
+            tf.saved_model.save(index, str(staging), signatures=signatures, options=options)
         finally:
             logger.setLevel(level)
         record = {
@@ -95,6 +103,8 @@ def save_export(
             json.dump(record, handle, indent=2, sort_keys=True, default=str)
             handle.flush()
             os.fsync(handle.fileno())
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
         _replace_directory(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +128,8 @@ class LoadedExport:
         metadata: The contents of towerkit.json.
     """
 
-    def __init__(self, model: Any, metadata: dict[str, Any]):
+    def __init__(self, model: Any, metadata: dict[str, Any], path: str | os.PathLike = "."):
+        self.path = Path(path)
         self.model = model
         self.metadata = metadata
         self.signature = model.signatures["serving_default"]
@@ -127,16 +138,39 @@ class LoadedExport:
     def query_feature_keys(self) -> list[str]:
         return list(self.metadata["query_feature_keys"])
 
-    def recommend(self, features: dict[str, Sequence[str]]) -> tuple[Any, Any]:
-        """Returns (scores, ids) for a batch of raw query features."""
+    def recommend(
+        self, features: dict[str, Sequence[str]], exclusions: Sequence[Sequence[str]] | None = None
+    ) -> tuple[Any, Any]:
+        """Returns (scores, ids) for a batch of raw query features.
+
+        Args:
+            features: Query feature key -> one string per query.
+            exclusions: Per query, candidate ids to leave out (e.g. seen items).
+        """
         missing = [k for k in self.query_feature_keys if k not in features]
         if missing:
             raise TowerkitError(
                 f"this export needs query feature(s) {', '.join(missing)}; pass them "
                 f"(expected keys: {', '.join(self.query_feature_keys)})."
             )
-        outputs = self.signature(**{k: tf.constant(list(features[k]), tf.string) for k in self.query_feature_keys})
+        inputs = {k: tf.constant(list(features[k]), tf.string) for k in self.query_feature_keys}
+        if exclusions is None:
+            outputs = self.signature(**inputs)
+        else:
+            width = max(1, max((len(row) for row in exclusions), default=1))
+            padded = [list(row) + [""] * (width - len(row)) for row in exclusions]
+            outputs = self.model.signatures["serving_exclusions"](exclusions=tf.constant(padded, tf.string), **inputs)
         return outputs["scores"].numpy(), outputs["ids"].numpy()
+
+    def read_json(self, name: str) -> Any:
+        """Reads an extra JSON file written beside the model, or None if there is none."""
+        path = self.path / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} is corrupt ({exc}); export the model again.") from exc
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -180,4 +214,4 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
         model = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
         raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
-    return LoadedExport(model, metadata)
+    return LoadedExport(model, metadata, path)

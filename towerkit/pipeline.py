@@ -202,6 +202,7 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
             export_dir,
             query_feature_keys=query_keys,
             metadata=_export_metadata(config, model, metrics),
+            extra_files=_serving_files(data, model),
         )
         reloaded = load_export(export_dir).recommend({key: [example] for key in query_keys})[1]
         reloaded_top = [t.decode("utf-8") for t in reloaded[0] if t.decode("utf-8") != example][:3]
@@ -220,6 +221,24 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
     _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
     _write_history(output / "history.csv", history)
     return RunResult(metrics, output, model, data, index, export_dir, history)
+
+
+SEEN_FILE = "seen.json"
+QUERY_VOCABULARY_FILE = "query_vocabulary.json"
+
+
+def _serving_files(data: Any, model: Any) -> dict[str, bytes]:
+    """What `recommend` needs beside the model: known query ids and each one's training items."""
+    queries = data.interactions[data.query_id_key][data.train_rows].tolist()
+    candidates = data.interactions[data.candidate_id_key][data.train_rows].tolist()
+    seen: dict[str, list[str]] = {}
+    for query, candidate in zip(queries, candidates):
+        seen.setdefault(str(query), []).append(str(candidate))
+    files = {SEEN_FILE: json.dumps(seen).encode("utf-8")}
+    vocabulary = getattr(model.query_tower, "vocabulary", None)
+    if vocabulary is not None:
+        files[QUERY_VOCABULARY_FILE] = json.dumps(list(vocabulary)).encode("utf-8")
+    return files
 
 
 def _export_metadata(config: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,30 @@ class ValidatedIndex:
         check_dims(queries, self.dim, self.name)
         return queries
 
+    def _search(self, queries: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Top ``k`` (a scalar tensor) for query embeddings: (scores, identifiers)."""
+        raise NotImplementedError("an index backend must implement _search")
+
+    def search_excluding(self, queries: Any, exclusions: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Graph-friendly top-k that skips ``exclusions`` ([batch, n] identifiers, any n).
+
+        It asks the backend for k + n results and masks the excluded ones, so
+        it is exact for exact backends. Where fewer than k candidates remain,
+        the missing slots have score -inf and an empty identifier.
+        """
+        embedded = self._embed_queries(queries)
+        exclusions = tf.convert_to_tensor(exclusions)
+        wanted = tf.minimum(k + tf.shape(exclusions)[1], self.num_candidates)
+        scores, ids = self._search(embedded, wanted)
+        # ScaNN pads with NaN when it finds fewer neighbours than asked for.
+        scores = tf.where(tf.math.is_nan(scores), tf.constant(float("-inf"), scores.dtype), scores)
+        excluded = tf.reduce_any(tf.equal(ids[:, :, None], tf.cast(exclusions, ids.dtype)[:, None, :]), axis=2)
+        scores = tf.where(excluded, tf.constant(float("-inf"), scores.dtype), scores)
+        top_scores, positions = tf.math.top_k(scores, k=tf.minimum(k, tf.shape(scores)[1]))
+        top_ids = tf.gather(ids, positions, batch_dims=1)
+        empty = tf.zeros_like(top_ids) if top_ids.dtype != tf.string else tf.fill(tf.shape(top_ids), "")
+        return top_scores, tf.where(tf.math.is_inf(top_scores), empty, top_ids)
+
     def query_with_exclusions(self, queries: Any, exclusions: Any, k: int | None = None):
         """Top-k that skips the given identifiers per query (e.g. items a user has seen).
 
@@ -76,18 +100,8 @@ class ValidatedIndex:
             exclusions: ``[batch, num_excluded]`` identifiers to leave out.
             k: Results per query; defaults to the index's k.
         """
-        from tensorflow_recommenders.layers.factorized_top_k import _exclude
-
         k = check_k(self._k if k is None else k, self.num_candidates, self.name)
-        exclusions = tf.convert_to_tensor(exclusions)
-        wanted = k + int(exclusions.shape[1])
-        scores, ids = self(queries, k=min(wanted, self.num_candidates or wanted))
-        if int(scores.shape[1]) < wanted:
-            # Fewer candidates than k + exclusions: pad so _exclude can drop enough.
-            pad = wanted - int(scores.shape[1])
-            scores = tf.pad(scores, [[0, 0], [0, pad]], constant_values=float("-inf"))
-            ids = tf.pad(ids, [[0, 0], [0, pad]], constant_values=tf.zeros((), ids.dtype))
-        return _exclude(scores, ids, exclude=exclusions, k=k)
+        return self.search_excluding(queries, exclusions, k)
 
     def parameters(self) -> dict[str, Any]:
         """The backend's parameters, as recorded in an export's towerkit.json."""

@@ -39,6 +39,8 @@ class BruteForceIndex(ValidatedIndex, tfrs.layers.factorized_top_k.BruteForce):
         if self._candidates is None:
             raise ConfigError("index 'brute-force' is empty; call index() with candidates before querying.")
         k = check_k(self._k if k is None else k, self.num_candidates, self.name)
-        scores = self._compute_score(self._embed_queries(queries), self._candidates)
-        values, indices = tf.math.top_k(scores, k=k)
+        return self._search(self._embed_queries(queries), k)
+
+    def _search(self, queries, k):
+        values, indices = tf.math.top_k(self._compute_score(queries, self._candidates), k=k)
         return values, tf.gather(self._identifiers, indices)

@@ -116,12 +116,14 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         return super().index(candidates, identifiers)
 
     def call(self, queries, k=None):
-        from scann.scann_ops.py import scann_ops
-
         if self._serialized_searcher is None:
             raise ConfigError("index 'scann' is empty; call index() with candidates before querying.")
         k = check_k(self._k if k is None else k, self.num_candidates, self.name)
-        queries = self._embed_queries(queries)
+        return self._search(self._embed_queries(queries), k)
+
+    def _search(self, queries, k):
+        from scann.scann_ops.py import scann_ops
+
         searcher = scann_ops.searcher_from_module(self._serialized_searcher)
         if queries.shape.rank == 1:
             result = searcher.search(queries, final_num_neighbors=k)
