@@ -8,8 +8,27 @@ bug.
 from __future__ import annotations
 
 
+KERAS_PREFIX = "Exception encountered when calling layer"
+
+
+def _unwrap(message: str) -> str:
+    """Undoes Keras' re-raise decoration of errors raised inside a layer's call.
+
+    Keras re-raises ``type(e)("Exception encountered when calling layer ...\n\n
+    <message>\n\nCall arguments received ...")``; users should see the message.
+    """
+    if message.startswith(KERAS_PREFIX):
+        parts = message.split("\n\n")
+        if len(parts) >= 2:
+            return parts[1].strip()
+    return message
+
+
 class TowerkitError(Exception):
     """Base class of every error caused by the user's input or environment."""
+
+    def __str__(self) -> str:
+        return _unwrap(str(self.args[0])) if self.args else ""
 
 
 class UnknownComponentError(TowerkitError, KeyError):
@@ -20,7 +39,7 @@ class UnknownComponentError(TowerkitError, KeyError):
     """
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+        return _unwrap(str(self.args[0])) if self.args else ""
 
 
 class DuplicateComponentError(TowerkitError):
@@ -39,4 +58,4 @@ class FeatureError(TowerkitError, KeyError):
     """A component needs a feature key that the data does not have."""
 
     def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+        return _unwrap(str(self.args[0])) if self.args else ""
