@@ -20,7 +20,8 @@ EPILOGS = {
     "train": """examples:
   towerkit train                              # the tuned recipe, on MovieLens-100K
   towerkit train basic-retrieval --output runs/seed   # the TFRS tutorial, exactly
-  towerkit train my_recipe.toml --set train.epochs=5 --set query_tower.embedding_dim=64""",
+  towerkit train my_recipe.toml --set train.epochs=5 --set query_tower.embedding_dim=64
+  towerkit train --resume towerkit-runs/retrieval      # after a crash or kill""",
     "list": """examples:
   towerkit list towers
   towerkit list indexes 'scann*'
@@ -53,19 +54,33 @@ def _print_json(value: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from towerkit import config as recipe_config
 
-    raw, origin = recipe_config.load_recipe(args.recipe)
-    raw = recipe_config.apply_overrides(raw, args.set or [])
-    resolved = recipe_config.resolve(raw, origin + (" with --set" if args.set else ""))
+    if args.checkpoint_every <= 0:
+        raise UserError(f"--checkpoint-every must be a positive integer, got {args.checkpoint_every}.")
+    if args.resume:
+        if args.recipe is not None or args.set:
+            raise UserError("--resume continues a run exactly as it was configured; drop the recipe and --set.")
+        saved = os.path.join(args.resume, "config.toml")
+        if not os.path.isfile(saved):
+            raise UserError(f"{args.resume} has no config.toml, so it is not a towerkit run to resume.")
+        raw, origin = recipe_config.load_recipe(saved)
+        output = args.resume
+    else:
+        raw, origin = recipe_config.load_recipe(args.recipe or DEFAULT_RECIPE)
+        raw = recipe_config.apply_overrides(raw, args.set or [])
+        origin += " with --set" if args.set else ""
+    resolved = recipe_config.resolve(raw, origin)
     if not resolved["recipe"]["name"]:
         resolved["recipe"]["name"] = os.path.splitext(os.path.basename(args.recipe))[0]
-    output = args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
+    if not args.resume:
+        output = args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
 
     from towerkit import pipeline
 
     log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
     # Keras redraws its progress bar in place, which only reads well on a terminal.
     verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)
-    result = pipeline.run(resolved, output, log=log, verbose=verbose)
+    result = pipeline.run(resolved, output, log=log, verbose=verbose, resume=bool(args.resume),
+                          checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard)
     if args.json:
         _print_json(result.metrics)
     else:
@@ -230,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     train = add("train", "Train, evaluate, index and export a model from a recipe.")
-    train.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
+    train.add_argument("recipe", nargs="?", help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value (repeatable)")
     train.add_argument("--output", "-o", help="output dir (default towerkit-runs/RECIPE)")
     train.add_argument("--json", action="store_true", help="print metrics as JSON only")
+    train.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
+    train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                       help="save a checkpoint every N epochs (default 1)")
+    train.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
     train.set_defaults(func=cmd_train)
 
     listing = add("list", "List registered components or shipped recipes.")

@@ -176,14 +176,16 @@ def _resolve_component(given: dict[str, Any] | None, section: str, kind: str, or
 
 
 def _check_positive(value: Any, where: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{where} must be positive, got {value!r}.")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{where} must be positive and finite, got {value!r}.")
 
 
 def _check_values(config: dict[str, Any], origin: str) -> None:
     for section, key in (("train", "epochs"), ("train", "batch_size"), ("train", "shuffle_buffer"),
                          ("evaluate", "batch_size"), ("optimizer", "learning_rate"), ("index", "k")):
         _check_positive(config[section][key], f"{section}.{key} in {origin}")
+    if config["train"]["seed"] < 0:
+        raise ConfigError(f"train.seed in {origin} must be a non-negative integer, got {config['train']['seed']!r}.")
     if config["optimizer"]["name"].lower() not in OPTIMIZERS:
         raise _unknown_key(config["optimizer"]["name"], list(OPTIMIZERS), f"optimizer.name of {origin}")
     if config["model"]["style"] not in STYLES:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from towerkit import config as recipe_config
+from towerkit.checkpoints import checkpointing, trim_history
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
 from towerkit.evaluation import BASELINES, embed, evaluate_topk
@@ -86,16 +87,13 @@ def _write_atomic_text(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
-def _write_history(path: Path, history: dict[str, list[float]]) -> None:
-    keys = sorted(history)
-    rows = [["epoch", *keys]]
-    epochs = len(next(iter(history.values()), []))
-    for epoch in range(epochs):
-        rows.append([epoch + 1, *(history[k][epoch] for k in keys)])
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows)
-    os.replace(staging, path)
+def _read_history(path: Path) -> dict[str, list[float]]:
+    """Per-epoch values from the CSVLogger file (all epochs, also across a resume)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    # CSVLogger writes "NA" for validation columns when there is no validation data.
+    return {k: [float(row[k]) for row in rows] for k in keys if all(row[k] != "NA" for row in rows)}
 
 
 def _format_topk(results: dict[str, float], ks: list[int], prefix: str = "") -> str:
@@ -112,16 +110,30 @@ def build_index(model: Any, data: Any, section: dict[str, Any]) -> Any:
     return index
 
 
-def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = print, verbose: int = 1) -> RunResult:
+def run(
+    config: dict[str, Any],
+    output_dir: str | os.PathLike,
+    *,
+    log: Log = print,
+    verbose: int = 1,
+    resume: bool = False,
+    checkpoint_every: int = 1,
+    tensorboard: bool = False,
+) -> RunResult:
     """Runs a resolved recipe end to end and writes its reports into ``output_dir``.
 
     Args:
         config: A recipe resolved by :func:`towerkit.config.resolve`.
-        output_dir: Where metrics.json, config.toml, history.csv and the export go.
+        output_dir: Where metrics.json, config.toml, history.csv, checkpoints and the export go.
         log: Receives one-line progress messages.
-        verbose: Keras' fit verbosity (1 = progress bars).
+        verbose: Keras' fit verbosity (1 = progress bars, 2 = a line per epoch).
+        resume: Continue from the latest checkpoint in ``output_dir``.
+        checkpoint_every: Save a checkpoint every this many epochs (and after the last).
+        tensorboard: Also write TensorBoard logs to ``output_dir/tensorboard``.
     """
     output = prepare_output_dir(output_dir)
+    # Written first, so `train --resume` can rebuild exactly this run after a kill.
+    _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -146,9 +158,21 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
     model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
     dataset = training_dataset(data, model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
 
+    saver, initial_epoch = checkpointing(model, output, checkpoint_every, train["epochs"], resume)
+    history_path = output / "history.csv"
+    if resume:
+        trim_history(history_path, initial_epoch)
+        log(f"resuming from the checkpoint after epoch {initial_epoch}")
+    elif history_path.exists():
+        history_path.unlink()
+    callbacks = [saver, tf.keras.callbacks.CSVLogger(str(history_path), append=True)]
+    if tensorboard:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(output / "tensorboard")))
     log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
     tick = time.perf_counter()
-    history = model.fit(dataset, epochs=train["epochs"], verbose=verbose).history
+    history = model.fit(
+        dataset, epochs=train["epochs"], initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks
+    ).history
     timings["fit_seconds"] = time.perf_counter() - tick
 
     evaluation = config["evaluate"]
@@ -216,10 +240,8 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Log = pri
 
     timings["total_seconds"] = time.perf_counter() - started
     metrics["timing"] = timings
-    metrics["history"] = {k: [float(x) for x in v] for k, v in history.items()}
+    metrics["history"] = _read_history(history_path)
     _write_atomic_text(output / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-    _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
-    _write_history(output / "history.csv", history)
     return RunResult(metrics, output, model, data, index, export_dir, history)
 
 
