@@ -12,6 +12,8 @@ import tensorflow as tf
 from towerkit.errors import TowerkitError
 
 CHECKPOINT_DIR = "checkpoints"
+# Writes in a background thread, so training does not wait on the disk.
+ASYNC = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
@@ -29,7 +31,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         done = epoch + 1
         if done % self.every == 0 or done == self.epochs:
             self.epoch.assign(done)
-            self.manager.save(checkpoint_number=done)
+            self.manager.save(checkpoint_number=done, options=ASYNC)
 
 
 def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool) -> tuple[EpochCheckpoint, int]:

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from towerkit import config as recipe_config
 from towerkit.checkpoints import checkpointing, trim_history
+from towerkit.report import EpochEvaluation, write_markdown, write_png
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
 from towerkit.evaluation import BASELINES, embed, evaluate_topk
@@ -165,7 +166,9 @@ def run(
         log(f"resuming from the checkpoint after epoch {initial_epoch}")
     elif history_path.exists():
         history_path.unlink()
-    callbacks = [saver, tf.keras.callbacks.CSVLogger(str(history_path), append=True)]
+    curves = EpochEvaluation(data)
+    # The curve evaluation runs before the CSV logger, so history.csv records it.
+    callbacks = [saver, curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True)]
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(output / "tensorboard")))
     log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
@@ -173,7 +176,8 @@ def run(
     history = model.fit(
         dataset, epochs=train["epochs"], initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks
     ).history
-    timings["fit_seconds"] = time.perf_counter() - tick
+    timings["fit_seconds"] = time.perf_counter() - tick - curves.seconds
+    timings["epoch_evaluation_seconds"] = curves.seconds
 
     evaluation = config["evaluate"]
     log("evaluating on the test split (exact top-k over all candidates) ...")
@@ -242,7 +246,20 @@ def run(
     metrics["timing"] = timings
     metrics["history"] = _read_history(history_path)
     _write_atomic_text(output / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    write_png(output / "report.png", metrics["history"], metrics)
+    write_markdown(output / "report.md", metrics, _examples(index, data, query_keys, example))
     return RunResult(metrics, output, model, data, index, export_dir, history)
+
+
+def _examples(index: Any, data: Any, query_keys: list[str], first: str, count: int = 3) -> dict[str, list[str]]:
+    """Top 5 for the example query and a few test queries, for report.md."""
+    if len(query_keys) != 1:
+        return {}
+    queries = [first] + [q for q in dict.fromkeys(data.interactions[query_keys[0]][data.test_rows].tolist())
+                         if q != first][: count - 1]
+    _, ids = index({query_keys[0]: tf.constant(queries)})
+    return {f"{query_keys[0]} {q}": [i.decode("utf-8") for i in row[:6] if i.decode("utf-8") != q][:5]
+            for q, row in zip(queries, ids.numpy())}
 
 
 SEEN_FILE = "seen.json"
