@@ -167,8 +167,9 @@ def run(
     elif history_path.exists():
         history_path.unlink()
     curves = EpochEvaluation(data)
-    # The curve evaluation runs before the CSV logger, so history.csv records it.
-    callbacks = [saver, curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True)]
+    # Order matters: the curve evaluation feeds the CSV logger, and the CSV row
+    # is on disk before the checkpoint, so a resumed run never lacks a row.
+    callbacks = [curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True), saver]
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(output / "tensorboard")))
     log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
