@@ -72,7 +72,12 @@ def test_train_writes_reports_and_export(trained):
     assert config["train"]["epochs"] == 3 and config["dataset"]["num_items"] == 60
     with open(output / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # Keras CSVLogger numbering
+    assert all(0.0 <= float(r["test_top_10"]) <= 1.0 for r in rows)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(output / "report.png").shape[2] in (3, 4)  # a PNG that decodes
+    assert "## Example recommendations" in (output / "report.md").read_text()
     assert json.loads((output / "model" / "towerkit.json").read_text())["components"]["query_tower"]["name"] == "user"
 
 

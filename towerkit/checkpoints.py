@@ -13,7 +13,7 @@ from towerkit.errors import TowerkitError
 
 CHECKPOINT_DIR = "checkpoints"
 # Writes in a background thread, so training does not wait on the disk.
-ASYNC = tf.train.CheckpointOptions(experimental_enable_async_checkpoint=True)
+ASYNC = tf.train.CheckpointOptions(enable_async=True)
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):

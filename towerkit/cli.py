@@ -180,9 +180,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from towerkit.export import load_export
-
-    from towerkit.pipeline import QUERY_VOCABULARY_FILE, SEEN_FILE
+    from towerkit.export import QUERY_VOCABULARY_FILE, SEEN_FILE, load_export
 
     export = load_export(args.model)
     keys = export.query_feature_keys

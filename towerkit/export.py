@@ -21,6 +21,9 @@ import tensorflow as tf
 from towerkit.errors import DataError, TowerkitError
 
 METADATA_FILE = "towerkit.json"
+# Written beside the model by `towerkit train`, read by `towerkit recommend`.
+SEEN_FILE = "seen.json"
+QUERY_VOCABULARY_FILE = "query_vocabulary.json"
 FORMAT_VERSION = 1
 
 

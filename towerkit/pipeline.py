@@ -18,7 +18,7 @@ from towerkit.report import EpochEvaluation, write_markdown, write_png
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
 from towerkit.evaluation import BASELINES, embed, evaluate_topk
-from towerkit.export import load_export, save_export
+from towerkit.export import QUERY_VOCABULARY_FILE, SEEN_FILE, load_export, save_export
 from towerkit.models import assemble
 from towerkit.registry import create_index, load_dataset
 
@@ -261,10 +261,6 @@ def _examples(index: Any, data: Any, query_keys: list[str], first: str, count: i
     _, ids = index({query_keys[0]: tf.constant(queries)})
     return {f"{query_keys[0]} {q}": [i.decode("utf-8") for i in row[:6] if i.decode("utf-8") != q][:5]
             for q, row in zip(queries, ids.numpy())}
-
-
-SEEN_FILE = "seen.json"
-QUERY_VOCABULARY_FILE = "query_vocabulary.json"
 
 
 def _serving_files(data: Any, model: Any) -> dict[str, bytes]:
