@@ -153,7 +153,7 @@ def test_list_and_describe():
 
 
 def test_help_has_examples():
-    for command in ("train", "list", "recommend", "data"):
+    for command in ("train", "list", "recommend", "similar", "data", "evaluate", "export", "describe", "plugins"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout
 
@@ -169,3 +169,47 @@ def test_data_info_on_grouplens_files(data_dir):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["candidates"] == 40 and info["train"] + info["test"] == info["interactions"]
+
+
+def test_evaluate_reopens_the_run_with_the_same_numbers(trained):
+    _, output, _ = trained
+    result = run_cli("evaluate", "--model", str(output), "--json")
+    assert result.returncode == 0, result.stderr
+    again = json.loads(result.stdout)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert again["epochs_trained"] == 3
+    assert again["model"]["top_10"] == pytest.approx(metrics["test"]["top_10"], abs=1e-6)
+    assert again["popularity"]["top_10"] == pytest.approx(metrics["popularity"]["top_10"])
+
+
+def test_export_with_another_index(trained, tmp_path):
+    _, output, _ = trained
+    target = tmp_path / "scann"
+    result = run_cli("export", "--model", str(output), "--set", "index.name=scann", "-o", str(target))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((target / "towerkit.json").read_text())["index"]["backend"] == "scann"
+    ours = run_cli("recommend", "--model", str(target), "--user", "user 3", "-k", "3", "--json")
+    exact = run_cli("recommend", "--model", str(output / "model"), "--user", "user 3", "-k", "3", "--json")
+    # 60 candidates: ScaNN scores them all exactly, so it agrees with brute force.
+    assert [r["id"] for r in json.loads(ours.stdout)] == [r["id"] for r in json.loads(exact.stdout)]
+
+
+def test_recipe_as_an_option(tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(SYNTHETIC_RECIPE)
+    result = run_cli("train", "--recipe", str(recipe), "-o", str(tmp_path / "o"), "--json",
+                     "--set", "train.epochs=1", "--set", "export.enabled=false")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["recipe"] == "tiny"
+
+
+def test_scann_export_without_scann_says_what_to_install(trained, tmp_path):
+    _, output, _ = trained
+    target = tmp_path / "scann"
+    assert run_cli("export", "--model", str(output), "--set", "index.name=scann", "-o", str(target)).returncode == 0
+    code = ("import sys; sys.modules['scann'] = None\n"
+            "from towerkit.cli import main\n"
+            f"sys.exit(main(['recommend', '--model', {str(target)!r}, '--user', 'user 3']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "pip install scann" in result.stderr

@@ -22,6 +22,18 @@ EPILOGS = {
   towerkit train basic-retrieval --output runs/seed   # the TFRS tutorial, exactly
   towerkit train my_recipe.toml --set train.epochs=5 --set query_tower.embedding_dim=64
   towerkit train --resume towerkit-runs/retrieval      # after a crash or kill""",
+    "evaluate": """examples:
+  towerkit evaluate --model towerkit-runs/retrieval
+  towerkit evaluate --model towerkit-runs/retrieval --json""",
+    "export": """examples:
+  towerkit export --model towerkit-runs/retrieval --set index.name=scann -o serving/scann
+  towerkit export --model towerkit-runs/retrieval --set index.k=100""",
+    "describe": """examples:
+  towerkit describe towers user
+  towerkit describe indexes scann""",
+    "plugins": """examples:
+  towerkit plugins
+  TOWERKIT_PLUGINS=towerkit-hashing towerkit plugins --json""",
     "list": """examples:
   towerkit list towers
   towerkit list indexes 'scann*'
@@ -54,6 +66,10 @@ def _print_json(value: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from towerkit import config as recipe_config
 
+    if args.recipe_option:
+        if args.recipe and args.recipe != args.recipe_option:
+            raise UserError(f"two recipes given ({args.recipe} and --recipe {args.recipe_option}); pass one.")
+        args.recipe = args.recipe_option
     if args.checkpoint_every <= 0:
         raise UserError(f"--checkpoint-every must be a positive integer, got {args.checkpoint_every}.")
     if args.resume:
@@ -85,6 +101,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_json(result.metrics)
     else:
         print(f"done in {result.metrics['timing']['total_seconds']:.1f}s; reports in {result.output_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from towerkit.evaluation import BASELINES, evaluate_topk
+    from towerkit.runs import open_run
+
+    run = open_run(args.model)
+    evaluation = run.config["evaluate"]
+    ks, exclude = evaluation["ks"], evaluation["exclude_train"]
+    results = {"model": evaluate_topk(run.model, run.data, ks, exclude, evaluation["batch_size"])}
+    for name in getattr(run.data, "baselines", ("popularity",)):
+        results[name] = BASELINES[name](run.data, ks, exclude)
+    if args.json:
+        _print_json({"epochs_trained": run.epochs_trained, **results})
+        return 0
+    print(f"{run.path}: {run.config['recipe']['name']}, {run.epochs_trained} epochs trained")
+    for prefix, title in (("", "exact test top-k"), ("excl_", "excluding each user's training items")):
+        if prefix and not exclude:
+            continue
+        print(title + ":")
+        for name, values in results.items():
+            print(f"  {name:<13}" + "  ".join(f"top-{k} {values[f'{prefix}top_{k}']:.4f}" for k in ks))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from towerkit import pipeline
+    from towerkit.export import save_export
+    from towerkit.runs import open_run
+
+    run = open_run(args.model, args.set or [])
+    index = pipeline.build_index(run.model, run.data, run.config["index"])
+    target = args.output or os.path.join(args.model, "model")
+    keys = list(run.model.query_tower.feature_keys)
+    metrics = {"recipe": run.config["recipe"]["name"], "dataset": run.data.describe()}
+    save_export(index, target, query_feature_keys=keys,
+                metadata=pipeline.export_metadata(run.config, run.model, metrics),
+                extra_files=pipeline.serving_files(run.data, run.model))
+    print(f"exported {run.config['index']['name']} index over {index.num_candidates:,} candidates to {target}")
     return 0
 
 
@@ -244,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", "Train, evaluate, index and export a model from a recipe.")
     train.add_argument("recipe", nargs="?", help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
+    train.add_argument("--recipe", dest="recipe_option", metavar="RECIPE", help="the same, as an option")
     train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value (repeatable)")
     train.add_argument("--output", "-o", help="output dir (default towerkit-runs/RECIPE)")
     train.add_argument("--json", action="store_true", help="print metrics as JSON only")
@@ -252,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="save a checkpoint every N epochs (default 1)")
     train.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
     train.set_defaults(func=cmd_train)
+
+    evaluate = add("evaluate", "Evaluate a trained run again (exact top-k against the baselines).")
+    evaluate.add_argument("--model", required=True, metavar="RUN_DIR", help="output dir of `towerkit train`")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    export = add("export", "Export a trained run with an index of your choice.")
+    export.add_argument("--model", required=True, metavar="RUN_DIR", help="output dir of `towerkit train`")
+    export.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="change the index, e.g. index.name=scann or index.k=100 (repeatable)")
+    export.add_argument("--output", "-o", help="export dir (default RUN_DIR/model)")
+    export.set_defaults(func=cmd_export)
 
     listing = add("list", "List registered components or shipped recipes.")
     listing.add_argument("kind", choices=KIND_CHOICES)

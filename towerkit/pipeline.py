@@ -230,8 +230,8 @@ def run(
             index,
             export_dir,
             query_feature_keys=query_keys,
-            metadata=_export_metadata(config, model, metrics),
-            extra_files=_serving_files(data, model),
+            metadata=export_metadata(config, model, metrics),
+            extra_files=serving_files(data, model),
         )
         reloaded = load_export(export_dir).recommend({key: [example] for key in query_keys})[1]
         reloaded_top = [t.decode("utf-8") for t in reloaded[0] if t.decode("utf-8") != example][:3]
@@ -263,7 +263,7 @@ def _examples(index: Any, data: Any, query_keys: list[str], first: str, count: i
             for q, row in zip(queries, ids.numpy())}
 
 
-def _serving_files(data: Any, model: Any) -> dict[str, bytes]:
+def serving_files(data: Any, model: Any) -> dict[str, bytes]:
     """What `recommend` needs beside the model: known query ids and each one's training items."""
     queries = data.interactions[data.query_id_key][data.train_rows].tolist()
     candidates = data.interactions[data.candidate_id_key][data.train_rows].tolist()
@@ -277,7 +277,7 @@ def _serving_files(data: Any, model: Any) -> dict[str, bytes]:
     return files
 
 
-def _export_metadata(config: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+def export_metadata(config: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, Any]:
     from towerkit.registry import registry
 
     components = {}
