@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import difflib
 import tomllib
 from importlib import resources
@@ -163,7 +164,8 @@ def _resolve_component(given: dict[str, Any] | None, section: str, kind: str, or
     allowed = [o for o in options if o not in supplied] + list(pipeline_keys)
     component = {"name": name}
     for key, value in given.items():
-        if key == "name":
+        # TOML has no null; from code, None means "the component's default".
+        if key == "name" or value is None:
             continue
         if key in supplied or (not takes_any and key not in allowed):
             raise _unknown_key(key, ["name", *allowed], f"[{section}] ({registry(kind).noun} '{name}') of {origin}")
@@ -207,7 +209,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON's string escapes (\", \\, \n, \uXXXX) are all valid in TOML basic strings.
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if value is None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from towerkit.errors import DataError, TowerkitError
@@ -70,28 +71,18 @@ def save_export(
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
         raise TowerkitError(f"cannot write the export to {target} ({exc}); choose a writable --output.") from exc
-    is_scann = getattr(index, "backend", "") == "scann"
     specs = {key: tf.TensorSpec([None], tf.string, name=key) for key in query_feature_keys}
-
-    @tf.function(input_signature=[specs])
-    def serve(features):
-        scores, ids = index(features)
-        return {"scores": scores, "ids": ids}
-
-    @tf.function(input_signature=[specs, tf.TensorSpec([None, None], tf.string, name="exclusions")])
-    def serve_excluding(features, exclusions):
-        scores, ids = index.search_excluding(features, exclusions, index._k)
-        return {"scores": scores, "ids": ids}
-
     logger = tf.get_logger()
     level = logger.level
     try:
-        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if is_scann else None)
         # Keras warns that TFRS' index layers have no get_config; SavedModel does not need one.
         logger.setLevel("ERROR")
         try:
-            signatures = {"serving_default": serve, "serving_exclusions": serve_excluding}
-            tf.saved_model.save(index, str(staging), signatures=signatures, options=options)
+            if getattr(index, "saves_itself", False):
+                _save_query_model(index, staging, specs)
+                index.save(staging / EXTERNAL_INDEX_DIR)
+            else:
+                _save_index_model(index, staging, specs)
         finally:
             logger.setLevel(level)
         record = {
@@ -117,6 +108,40 @@ def save_export(
     return target
 
 
+EXTERNAL_INDEX_DIR = "index"
+
+
+def _save_index_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]) -> None:
+    """A TF index (brute force, ScaNN) is the SavedModel itself: query features in, top-k out."""
+
+    @tf.function(input_signature=[specs])
+    def serve(features):
+        scores, ids = index(features)
+        return {"scores": scores, "ids": ids}
+
+    @tf.function(input_signature=[specs, tf.TensorSpec([None, None], tf.string, name="exclusions")])
+    def serve_excluding(features, exclusions):
+        scores, ids = index.search_excluding(features, exclusions, index._k)
+        return {"scores": scores, "ids": ids}
+
+    is_scann = getattr(index, "backend", "") == "scann"
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if is_scann else None)
+    signatures = {"serving_default": serve, "serving_exclusions": serve_excluding}
+    tf.saved_model.save(index, str(staging), signatures=signatures, options=options)
+
+
+def _save_query_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]) -> None:
+    """For an index that saves itself in its own format: the SavedModel maps query features to embeddings."""
+    module = tf.Module()
+    module.query_model = index.query_model
+
+    @tf.function(input_signature=[specs])
+    def serve(features):
+        return {"embeddings": module.query_model(features)}
+
+    tf.saved_model.save(module, str(staging), signatures={"serving_default": serve})
+
+
 def _towerkit_version() -> str:
     import towerkit
 
@@ -131,11 +156,13 @@ class LoadedExport:
         metadata: The contents of towerkit.json.
     """
 
-    def __init__(self, model: Any, metadata: dict[str, Any], path: str | os.PathLike = "."):
+    def __init__(self, model: Any, metadata: dict[str, Any], path: str | os.PathLike = ".", index: Any = None):
         self.path = Path(path)
         self.model = model
         self.metadata = metadata
         self.signature = model.signatures["serving_default"]
+        # Set for backends that save themselves: the SavedModel then only embeds queries.
+        self.index = index
 
     @property
     def query_feature_keys(self) -> list[str]:
@@ -157,6 +184,15 @@ class LoadedExport:
                 f"(expected keys: {', '.join(self.query_feature_keys)})."
             )
         inputs = {k: tf.constant(list(features[k]), tf.string) for k in self.query_feature_keys}
+        if self.index is not None:
+            embeddings = self.signature(**inputs)["embeddings"]
+            if exclusions is None:
+                scores, ids = self.index(embeddings)
+            else:
+                width = max(1, max((len(row) for row in exclusions), default=1))
+                padded = [list(row) + [""] * (width - len(row)) for row in exclusions]
+                scores, ids = self.index.query_with_exclusions(embeddings, tf.constant(padded))
+            return np.asarray(scores), np.asarray(ids)
         if exclusions is None:
             outputs = self.signature(**inputs)
         else:
@@ -206,6 +242,8 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
         DataError: The directory is missing, incomplete, corrupt, or from a newer towerkit.
     """
     metadata = read_metadata(path)
+    if metadata.get("index", {}).get("external"):
+        return _load_external(path, metadata)
     if metadata.get("index", {}).get("backend") == "scann":
         try:
             from scann.scann_ops.py import scann_ops  # noqa: F401 - registers the Scann ops
@@ -218,3 +256,24 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
     except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
         raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
     return LoadedExport(model, metadata, path)
+
+
+def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedExport:
+    """Loads the query SavedModel plus an index that saved itself, through its plugin."""
+    from towerkit.errors import UnknownComponentError
+    from towerkit.registry import registry
+
+    backend = metadata["index"]["backend"]
+    source = metadata.get("components", {}).get("index", {}).get("source", backend)
+    try:
+        factory = registry("indexes").get(backend).load()
+    except UnknownComponentError:
+        raise TowerkitError(
+            f"{path} uses index '{backend}' from the {source} distribution, which is not installed; "
+            f"`pip install {source}`."
+        ) from None
+    try:
+        model = tf.saved_model.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+        raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
+    return LoadedExport(model, metadata, path, index=factory.load(Path(path) / EXTERNAL_INDEX_DIR))

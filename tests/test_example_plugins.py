@@ -1,0 +1,107 @@
+"""The example plugins, installed with pip, used by name end to end (CI installs both)."""
+
+import json
+
+import pytest
+
+import towerkit
+
+from conftest import run_cli
+
+pytest.importorskip("towerkit_hashing", reason="install examples/plugins/towerkit-hashing (make install does)")
+pytest.importorskip("towerkit_faiss", reason="install examples/plugins/towerkit-faiss (make install does)")
+
+RECIPE = """
+[dataset]
+name = "synthetic"
+num_users = 150
+num_items = 60
+num_interactions = 4000
+
+[query_tower]
+name = "hashing"
+num_bins = 512
+embedding_dim = 16
+
+[candidate_tower]
+name = "movie"
+embedding_dim = 16
+
+[task]
+name = "retrieval"
+
+[train]
+epochs = 2
+batch_size = 512
+
+[index]
+name = "faiss"
+k = 10
+
+[export]
+example_query = "user 3"
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plugins")
+    (folder / "plugins.toml").write_text(RECIPE)
+    result = run_cli("train", str(folder / "plugins.toml"), "-o", str(folder / "run"))
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def test_train_and_export_with_hashing_tower_and_faiss_index(run_dir):
+    meta = json.loads((run_dir / "model" / "towerkit.json").read_text())
+    assert meta["components"]["query_tower"]["source"] == "towerkit-hashing"
+    assert meta["components"]["index"]["source"] == "towerkit-faiss"
+    assert {"towerkit-hashing", "towerkit-faiss"} <= set(meta["distributions"])
+    assert (run_dir / "model" / "index" / "faiss.index").is_file()
+    result = run_cli("recommend", "--model", str(run_dir / "model"), "--user", "user 3", "-k", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 5
+    seen = run_cli("recommend", "--model", str(run_dir / "model"), "--user", "user 3", "-k", "5", "--exclude-seen", "--json")
+    trained_on = set(json.loads((run_dir / "model" / "seen.json").read_text())["user 3"])
+    assert not {row["id"] for row in json.loads(seen.stdout)} & trained_on
+
+
+def test_hashing_export_serves_with_tensorflow_only(tmp_path, run_dir):
+    result = run_cli("export", "--model", str(run_dir), "--set", "index.name=brute-force", "-o", str(tmp_path / "bf"))
+    assert result.returncode == 0, result.stderr
+    from conftest import run_python
+
+    code = (f"import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'\nimport tensorflow as tf, sys\n"
+            f"m = tf.saved_model.load({str(tmp_path / 'bf')!r})\n"
+            "print(m.signatures['serving_default'](user_id=tf.constant(['brand-new-user']))['ids'].shape, "
+            "'towerkit' in sys.modules)")
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False"
+
+
+def test_loading_without_the_plugin_names_the_distribution(run_dir):
+    result = run_cli("recommend", "--model", str(run_dir / "model"), "--user", "user 3",
+                     env={"TOWERKIT_PLUGINS": "towerkit-hashing"})
+    assert result.returncode == 2
+    assert "pip install towerkit-faiss" in result.stderr
+
+
+def test_listing_shows_source_and_version():
+    result = run_cli("list", "towers", "hashing", "--json")
+    assert json.loads(result.stdout)[0]["source"] == "towerkit-hashing"
+    assert json.loads(result.stdout)[0]["version"] == "0.1.0"
+
+
+def test_towerkit_plugin_fixture_registers_for_one_test(towerkit_plugin):
+    class Extra:
+        @towerkit.hookimpl
+        def register_towers(self, register):
+            register("fixture-only", "towerkit.towers.user:user_tower")
+
+    towerkit_plugin(Extra())
+    assert "fixture-only" in towerkit.list_towers()
+
+
+def test_fixture_cleaned_up_after_the_previous_test():
+    assert "fixture-only" not in towerkit.list_towers()
