@@ -82,8 +82,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = args.resume
     else:
         raw, origin = recipe_config.load_recipe(args.recipe or DEFAULT_RECIPE)
-        raw = recipe_config.apply_overrides(raw, args.set or [])
-        origin += " with --set" if args.set else ""
+        overrides = list(args.set or []) + ([f'train.strategy="{args.strategy}"'] if args.strategy else [])
+        raw = recipe_config.apply_overrides(raw, overrides)
+        origin += " with --set" if overrides else ""
     resolved = recipe_config.resolve(raw, origin)
     if not resolved["recipe"]["name"]:
         resolved["recipe"]["name"] = os.path.splitext(os.path.basename(args.recipe))[0]
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                        help="save a checkpoint every N epochs (default 1)")
     train.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
+    train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+                       help="tf.distribute strategy (overrides train.strategy)")
     train.set_defaults(func=cmd_train)
 
     evaluate = add("evaluate", "Evaluate a trained run again (exact top-k against the baselines).")

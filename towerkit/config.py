@@ -25,6 +25,7 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "batch_size": (int, 8192),
         "shuffle_buffer": (int, 100_000),
         "seed": (int, 42),
+        "strategy": (str, "default"),
     },
     "evaluate": {
         "batch_size": (int, 4096),
@@ -190,6 +191,10 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
         raise ConfigError(f"train.seed in {origin} must be a non-negative integer, got {config['train']['seed']!r}.")
     if config["optimizer"]["name"].lower() not in OPTIMIZERS:
         raise _unknown_key(config["optimizer"]["name"], list(OPTIMIZERS), f"optimizer.name of {origin}")
+    from towerkit.distribute import STRATEGIES
+
+    if config["train"]["strategy"] not in STRATEGIES:
+        raise _unknown_key(config["train"]["strategy"], list(STRATEGIES), f"train.strategy of {origin}")
     if config["model"]["style"] not in STYLES:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, got {config['model']['style']!r}.")
     ks = config["evaluate"]["ks"]

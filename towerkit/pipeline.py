@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from towerkit import config as recipe_config
 from towerkit.checkpoints import checkpointing, trim_history
+from towerkit.distribute import is_chief, make_strategy, worker_id
 from towerkit.report import EpochEvaluation, write_markdown, write_png
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
@@ -60,12 +61,17 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
     carrying unused columns through the pipeline.
     """
     columns = data.train_features(keys)
+    options = tf.data.Options()
+    # In-memory data has no files to shard: under a multi-worker strategy each
+    # worker takes every n-th batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (
         to_tf_dataset(columns)
         .shuffle(shuffle_buffer, seed=seed)
         .batch(batch_size)
         .cache()
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(options)
     )
 
 
@@ -74,7 +80,7 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     output = Path(path)
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".towerkit-write-test"
+        probe = output / f".towerkit-write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
@@ -132,9 +138,16 @@ def run(
         checkpoint_every: Save a checkpoint every this many epochs (and after the last).
         tensorboard: Also write TensorBoard logs to ``output_dir/tensorboard``.
     """
+    train = config["train"]
+    strategy = make_strategy(train["strategy"])
+    chief = is_chief(strategy)
     output = prepare_output_dir(output_dir)
-    # Written first, so `train --resume` can rebuild exactly this run after a kill.
-    _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
+    if chief:
+        # Written first, so `train --resume` can rebuild exactly this run after a kill.
+        _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
+    else:
+        # Other workers keep their checkpoints apart and write no reports.
+        output = prepare_output_dir(output / f".worker-{worker_id(strategy)}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -146,18 +159,21 @@ def run(
     log(f"  {info['interactions']:,} interactions ({info['train']:,} train / {info['test']:,} test), "
         f"{info['queries']:,} queries, {info['candidates']:,} candidates")
 
-    train = config["train"]
     tf.keras.utils.set_random_seed(train["seed"])
-    model = assemble(
-        query=dict(config["query_tower"]),
-        candidate=dict(config["candidate_tower"]),
-        task=dict(config["task"]),
-        data=data,
-        style=config["model"]["style"],
-        train_metrics=config["model"]["train_metrics"],
-    )
-    model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
+    # Variables, optimizer slots and metrics must be created under the strategy.
+    with strategy.scope():
+        model = assemble(
+            query=dict(config["query_tower"]),
+            candidate=dict(config["candidate_tower"]),
+            task=dict(config["task"]),
+            data=data,
+            style=config["model"]["style"],
+            train_metrics=config["model"]["train_metrics"],
+        )
+        model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
     dataset = training_dataset(data, model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
+    if strategy.num_replicas_in_sync > 1:
+        log(f"  {train['strategy']} strategy: {strategy.num_replicas_in_sync} replicas, global batch {train['batch_size']}")
 
     saver, initial_epoch = checkpointing(model, output, checkpoint_every, train["epochs"], resume)
     history_path = output / "history.csv"
@@ -170,6 +186,8 @@ def run(
     # Order matters: the curve evaluation feeds the CSV logger, and the CSV row
     # is on disk before the checkpoint, so a resumed run never lacks a row.
     callbacks = [curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True), saver]
+    if not chief:
+        callbacks = [saver]
     if tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(output / "tensorboard")))
     log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
@@ -179,6 +197,10 @@ def run(
     ).history
     timings["fit_seconds"] = time.perf_counter() - tick - curves.seconds
     timings["epoch_evaluation_seconds"] = curves.seconds
+    if not chief:
+        log("training done; the chief worker writes the reports and the export")
+        timings["total_seconds"] = time.perf_counter() - started
+        return RunResult({"timing": timings, "history": history}, output, model, data)
 
     evaluation = config["evaluate"]
     log("evaluating on the test split (exact top-k over all candidates) ...")

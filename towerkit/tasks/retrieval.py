@@ -50,6 +50,12 @@ class RetrievalTask(tfrs.tasks.Retrieval):
         remove_accidental_hits: Mask in-batch negatives that share the
             positive's candidate id.
         num_hard_negatives: Keep only this many highest-scoring negatives.
+        global_negatives: Under a multi-replica tf.distribute strategy, gather
+            every replica's candidate embeddings (``all_gather``) so each
+            query's softmax runs over the global batch, as on one device.
+            Costs one all-gather of ``[global_batch, dim]`` per step and a
+            ``[local_batch, global_batch]`` logits matrix per replica; without
+            it each replica only sees its own slice as negatives.
         name: Layer name.
 
     Example:
@@ -64,9 +70,15 @@ class RetrievalTask(tfrs.tasks.Retrieval):
         logq_correction: bool = False,
         remove_accidental_hits: bool = False,
         num_hard_negatives: int | None = None,
+        global_negatives: bool = False,
         name: str | None = None,
     ):
         ks = _check_options(ks, temperature, num_hard_negatives)
+        if global_negatives and (num_hard_negatives is not None or remove_accidental_hits):
+            raise ConfigError(
+                "global_negatives works with the plain in-batch softmax only; drop num_hard_negatives "
+                "and remove_accidental_hits, or global_negatives."
+            )
         metrics = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=ks) if candidates is not None else None
         super().__init__(
             metrics=metrics,
@@ -77,6 +89,7 @@ class RetrievalTask(tfrs.tasks.Retrieval):
         )
         self.ks = ks
         self.logq_correction = bool(logq_correction)
+        self.global_negatives = bool(global_negatives)
         self._probability_table = None
 
     @property
@@ -109,6 +122,12 @@ class RetrievalTask(tfrs.tasks.Retrieval):
                     "assemble the model with data, or call set_candidate_probabilities()."
                 )
             candidate_sampling_probability = self._probability_table.lookup(candidate_ids)
+        positive_columns = None
+        context = tf.distribute.get_replica_context()
+        if self.global_negatives and context is not None and context.num_replicas_in_sync > 1:
+            candidate_embeddings, positive_columns = _gather_global(candidate_embeddings, context)
+            if candidate_sampling_probability is not None:
+                candidate_sampling_probability, _ = _gather_global(candidate_sampling_probability, context)
         fast = (
             self._num_hard_negatives is None
             and not self._remove_accidental_hits
@@ -132,7 +151,11 @@ class RetrievalTask(tfrs.tasks.Retrieval):
             scores = scores / self._temperature
         if candidate_sampling_probability is not None:
             scores = tfrs.layers.loss.SamplingProbablityCorrection()(scores, candidate_sampling_probability)
-        per_query = tf.reduce_logsumexp(scores, axis=1) - tf.linalg.diag_part(scores)
+        if positive_columns is None:
+            positive_logits = tf.linalg.diag_part(scores)
+        else:
+            positive_logits = tf.gather(scores, positive_columns, axis=1, batch_dims=1)
+        per_query = tf.reduce_logsumexp(scores, axis=1) - positive_logits
         if sample_weight is not None:
             per_query = per_query * tf.cast(tf.reshape(sample_weight, [-1]), per_query.dtype)
         loss = tf.reduce_sum(per_query)
@@ -158,5 +181,18 @@ class RetrievalTask(tfrs.tasks.Retrieval):
             "logq_correction": self.logq_correction,
             "remove_accidental_hits": self._remove_accidental_hits,
             "num_hard_negatives": self._num_hard_negatives,
+            "global_negatives": self.global_negatives,
             "name": self.name,
         }
+
+
+def _gather_global(values: tf.Tensor, context: tf.distribute.ReplicaContext) -> tuple[tf.Tensor, tf.Tensor]:
+    """Every replica's ``values`` in replica order, and where this replica's rows landed.
+
+    Replicas may hold batches of different sizes (the last batch of an epoch),
+    so the offset comes from the gathered sizes rather than the replica id alone.
+    """
+    local = tf.shape(values)[0]
+    sizes = context.all_gather(tf.reshape(local, [1]), axis=0)
+    offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    return context.all_gather(values, axis=0), offset + tf.range(local)
