@@ -31,6 +31,8 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "batch_size": (int, 4096),
         "ks": (list, [1, 5, 10, 50, 100]),
         "exclude_train": (bool, True),
+        # Exact test top-k after every epoch, for history.csv and report.png.
+        "every_epoch": (bool, True),
     },
     "export": {"enabled": (bool, True), "example_query": (str, "42")},
 }

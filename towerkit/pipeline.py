@@ -186,6 +186,8 @@ def run(
     # Order matters: the curve evaluation feeds the CSV logger, and the CSV row
     # is on disk before the checkpoint, so a resumed run never lacks a row.
     callbacks = [curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True), saver]
+    if not config["evaluate"]["every_epoch"]:
+        callbacks.remove(curves)
     if not chief:
         callbacks = [saver]
     if tensorboard:

@@ -35,6 +35,8 @@ class SyntheticDataset(RetrievalDataset):
         num_sampled: Items considered per interaction.
         seed: Seeds generation and the split.
         train_fraction: Share of interactions used for training.
+        genres: Also give each interaction its item's genre list (a Python list per
+            row; turn off for tens of millions of interactions).
 
     Example:
         >>> data = towerkit.load_dataset("synthetic", num_users=100, num_items=50,
@@ -55,6 +57,7 @@ class SyntheticDataset(RetrievalDataset):
         num_sampled: int = 32,
         seed: int = 42,
         train_fraction: float = 0.8,
+        genres: bool = True,
     ):
         for value, name in (
             (num_users, "num_users"),
@@ -90,21 +93,19 @@ class SyntheticDataset(RetrievalDataset):
             items[start:stop] = draws[np.arange(stop - start), affinity.argmax(axis=1)]
 
         item_ids = _ids("item ", np.arange(num_items))
-        genres = np.empty(num_items, dtype=object)
-        genres[:] = [[int(g)] for g in item_genres]
-        candidates = {
-            "movie_id": _ids("", np.arange(num_items)),
-            "movie_title": item_ids,
-            "movie_genres": genres,
-        }
+        candidates = {"movie_id": _ids("", np.arange(num_items)), "movie_title": item_ids}
         interactions = {
             "user_id": _ids("user ", users),
             "movie_id": candidates["movie_id"][items],
             "movie_title": item_ids[items],
-            "movie_genres": genres[items],
             "timestamp": np.sort(rng.integers(880_000_000, 890_000_000, size=num_interactions)),
             "user_rating": rng.integers(1, 6, size=num_interactions).astype(np.float32),
         }
+        if genres:
+            genre_lists = np.empty(num_items, dtype=object)
+            genre_lists[:] = [[int(g)] for g in item_genres]
+            candidates["movie_genres"] = genre_lists
+            interactions["movie_genres"] = genre_lists[items]
         self.user_vectors, self.item_vectors = user_vectors, item_vectors
         if num_interactions <= 1_000_000:
             train_rows, test_rows = seed_split(num_interactions, train_fraction, seed)
