@@ -88,6 +88,18 @@ def plugin_site(tmp_path_factory) -> Path:
     return target
 
 
+def make_zip(members: dict) -> bytes:
+    """A zip archive in memory, with the given member names and contents."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def run_python(code: str, *, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs Python code in a fresh interpreter and returns the completed process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}

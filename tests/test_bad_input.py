@@ -8,10 +8,8 @@ that must still be empty (or unchanged) afterwards.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from towerkit.datasets import fetch
 from towerkit.errors import TowerkitError
 from towerkit.export import METADATA_FILE, load_export, save_export
 
-from conftest import run_cli, write_grouplens
+from conftest import make_zip, run_cli, write_grouplens
 
 
 @pytest.fixture()
@@ -107,7 +105,7 @@ API_CASES = {
     "set too deep": (lambda: recipe_config.parse_override("a.b.c=1"), "must name section.key"),
     "unknown recipe": (lambda: recipe_config.load_recipe("retreival"), "did you mean 'retrieval'"),
     "missing recipe file": (lambda: recipe_config.load_recipe("nowhere/recipe.toml"), "cannot read recipe file"),
-    "zip slip": (lambda: fetch._grouplens_files(_zip({"../../etc/x": "1", "ml-100k/u.data": "1"})), "unsafe path"),
+    "zip slip": (lambda: fetch._grouplens_files(make_zip({"../../etc/x": "1", "ml-100k/u.data": "1"})), "unsafe path"),
     "not a zip": (lambda: fetch._grouplens_files(b"PK but not really"), "not a valid zip"),
     "recbole wrong column count": (
         lambda: fetch.recbole_to_grouplens({"ml-100k.inter": b"h\n1\t2\n", "ml-100k.item": b"h\n", "ml-100k.user": b"h\n"}),
@@ -119,12 +117,6 @@ API_CASES = {
 }
 
 
-def _zip(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("case", sorted(API_CASES))

@@ -1,7 +1,5 @@
 import http.server
-import io
 import threading
-import zipfile
 
 import numpy as np
 import pytest
@@ -12,6 +10,8 @@ from towerkit.datasets import fetch
 from towerkit.datasets.base import seed_split
 from towerkit.datasets.movielens import TFDS_GENRES
 from towerkit.errors import ConfigError, DataError
+
+from conftest import make_zip
 
 TFDS_RATING_KEYS = {
     "bucketized_user_age", "movie_genres", "movie_id", "movie_title", "raw_user_age", "timestamp",
@@ -100,22 +100,16 @@ def test_recbole_conversion_rejects_wrong_column_count():
         fetch.recbole_to_grouplens(files)
 
 
-def _zip(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_zip_slip_paths_are_refused():
     with pytest.raises(DataError, match="unsafe path"):
-        fetch._grouplens_files(_zip({"ml-100k/u.data": "x", "../../evil.txt": "x"}))
+        fetch._grouplens_files(make_zip({"ml-100k/u.data": "x", "../../evil.txt": "x"}))
 
 
 def test_zip_without_the_files_is_refused():
     with pytest.raises(DataError, match="lacks"):
-        fetch._grouplens_files(_zip({"ml-100k/u.data": "x"}))
+        fetch._grouplens_files(make_zip({"ml-100k/u.data": "x"}))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -136,3 +136,16 @@ def test_item_to_item_recipe_and_similar_command(data_dir, tmp_path):
     assert len(rows) == 5 and all(r["id"] != "Film 1 (1951)" for r in rows)
     too_many = run_cli("similar", "Film 1 (1951)", "--model", str(output / "model"), "-k", "9")
     assert too_many.returncode == 2 and "at most" in too_many.stderr
+
+
+def test_feature_tower_export_takes_typed_query_features(data_dir, tmp_path):
+    output = tmp_path / "features"
+    result = run_cli("train", "basic-retrieval", "-o", str(output), "--set", "train.epochs=1",
+                     "--set", "query_tower.demographics=true", "--set", "query_tower.timestamp=true",
+                     "--set", "candidate_tower.genres=true", "--set", 'export.example_query="1"')
+    assert result.returncode == 0, result.stderr
+    assert "reloaded export agrees" in result.stdout
+    meta = json.loads((output / "model" / "towerkit.json").read_text())
+    assert meta["query_feature_dtypes"]["timestamp"] == "int64"
+    assert meta["query_feature_dtypes"]["user_gender"] == "bool"
+    assert meta["query_feature_dtypes"]["user_id"] == "string"

@@ -140,7 +140,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     metrics = {"recipe": run.config["recipe"]["name"], "dataset": run.data.describe()}
     save_export(index, target, query_feature_keys=keys,
                 metadata=pipeline.export_metadata(run.config, run.model, metrics),
-                extra_files=pipeline.serving_files(run.data, run.model))
+                extra_files=pipeline.serving_files(run.data, run.model),
+                query_specs=pipeline.query_specs(run.data, keys))
     print(f"exported {run.config['index']['name']} index over {index.num_candidates:,} candidates to {target}")
     return 0
 

@@ -52,6 +52,7 @@ def save_export(
     query_feature_keys: Sequence[str],
     metadata: dict[str, Any],
     extra_files: dict[str, bytes] | None = None,
+    query_specs: dict[str, Any] | None = None,
 ) -> Path:
     """Saves an index (with its query model) as a SavedModel directory, atomically.
 
@@ -64,6 +65,7 @@ def save_export(
         query_feature_keys: The raw query features the signature takes.
         metadata: Recorded in towerkit.json (components, metrics, ...).
         extra_files: More files to write into the export (e.g. seen items), by name.
+        query_specs: The signature's input spec per query feature; strings by default.
     """
     target = Path(path)
     try:
@@ -71,7 +73,7 @@ def save_export(
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
         raise TowerkitError(f"cannot write the export to {target} ({exc}); choose a writable --output.") from exc
-    specs = {key: tf.TensorSpec([None], tf.string, name=key) for key in query_feature_keys}
+    specs = {key: (query_specs or {}).get(key, tf.TensorSpec([None], tf.string, name=key)) for key in query_feature_keys}
     logger = tf.get_logger()
     level = logger.level
     try:
@@ -90,6 +92,7 @@ def save_export(
             "towerkit_version": _towerkit_version(),
             "tensorflow_version": tf.__version__,
             "query_feature_keys": list(query_feature_keys),
+            "query_feature_dtypes": {key: _spec_name(spec) for key, spec in specs.items()},
             "index": index.parameters(),
             **metadata,
         }
@@ -183,22 +186,24 @@ class LoadedExport:
                 f"this export needs query feature(s) {', '.join(missing)}; pass them "
                 f"(expected keys: {', '.join(self.query_feature_keys)})."
             )
-        inputs = {k: tf.constant(list(features[k]), tf.string) for k in self.query_feature_keys}
+        dtypes = self.metadata.get("query_feature_dtypes", {})
+        try:
+            inputs = {k: _as_input(features[k], dtypes.get(k, "string")) for k in self.query_feature_keys}
+        except (TypeError, ValueError) as exc:
+            raise TowerkitError(
+                f"query features do not match this export's inputs {dtypes or 'strings'} ({exc}); pass values of those types."
+            ) from exc
         if self.index is not None:
             embeddings = self.signature(**inputs)["embeddings"]
             if exclusions is None:
                 scores, ids = self.index(embeddings)
             else:
-                width = max(1, max((len(row) for row in exclusions), default=1))
-                padded = [list(row) + [""] * (width - len(row)) for row in exclusions]
-                scores, ids = self.index.query_with_exclusions(embeddings, tf.constant(padded))
+                scores, ids = self.index.query_with_exclusions(embeddings, _padded(exclusions))
             return np.asarray(scores), np.asarray(ids)
         if exclusions is None:
             outputs = self.signature(**inputs)
         else:
-            width = max(1, max((len(row) for row in exclusions), default=1))
-            padded = [list(row) + [""] * (width - len(row)) for row in exclusions]
-            outputs = self.model.signatures["serving_exclusions"](exclusions=tf.constant(padded, tf.string), **inputs)
+            outputs = self.model.signatures["serving_exclusions"](exclusions=_padded(exclusions), **inputs)
         return outputs["scores"].numpy(), outputs["ids"].numpy()
 
     def read_json(self, name: str) -> Any:
@@ -210,6 +215,23 @@ class LoadedExport:
             return json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{path} is corrupt ({exc}); export the model again.") from exc
+
+
+def _spec_name(spec: Any) -> str:
+    name = spec.dtype.name
+    return f"ragged:{name}" if isinstance(spec, tf.RaggedTensorSpec) else name
+
+
+def _as_input(values: Sequence[Any], dtype_name: str) -> Any:
+    if dtype_name.startswith("ragged:"):
+        return tf.ragged.constant([list(v) for v in values], dtype=tf.as_dtype(dtype_name[len("ragged:"):]))
+    return tf.constant(list(values), dtype=tf.as_dtype(dtype_name))
+
+
+def _padded(exclusions: Sequence[Sequence[str]]) -> tf.Tensor:
+    """Ragged per-query exclusion lists as one ``[batch, width]`` string tensor ("" never matches an id)."""
+    width = max(1, max((len(row) for row in exclusions), default=1))
+    return tf.constant([list(row) + [""] * (width - len(row)) for row in exclusions], tf.string)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -251,11 +273,14 @@ def load_export(path: str | os.PathLike) -> LoadedExport:
             raise TowerkitError(
                 f"{path} holds a ScaNN index, which needs the scann package; `pip install scann==1.4.2`."
             ) from exc
+    return LoadedExport(_load_saved_model(path), metadata, path)
+
+
+def _load_saved_model(path: str | os.PathLike) -> Any:
     try:
-        model = tf.saved_model.load(str(path))
+        return tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
         raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
-    return LoadedExport(model, metadata, path)
 
 
 def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedExport:
@@ -272,8 +297,4 @@ def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedE
             f"{path} uses index '{backend}' from the {source} distribution, which is not installed; "
             f"`pip install {source}`."
         ) from None
-    try:
-        model = tf.saved_model.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
-        raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
-    return LoadedExport(model, metadata, path, index=factory.load(Path(path) / EXTERNAL_INDEX_DIR))
+    return LoadedExport(_load_saved_model(path), metadata, path, index=factory.load(Path(path) / EXTERNAL_INDEX_DIR))

@@ -8,8 +8,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from towerkit import config as recipe_config
@@ -72,6 +73,47 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
         .cache()
         .prefetch(tf.data.AUTOTUNE)
         .with_options(options)
+    )
+
+
+def query_specs(data: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The serving signature's input spec for each query feature, from the data's column types."""
+    specs = {}
+    for key in keys:
+        column = data.interactions[key]
+        if column.dtype == object:
+            specs[key] = tf.RaggedTensorSpec([None, None], tf.int64)
+        elif column.dtype.kind in "US":
+            specs[key] = tf.TensorSpec([None], tf.string, name=key)
+        else:
+            specs[key] = tf.TensorSpec([None], tf.as_dtype(column.dtype), name=key)
+    return specs
+
+
+def example_query_features(data: Any, keys: Sequence[str], query_id: str) -> dict[str, list[Any]]:
+    """One query's raw features: from its first interaction, or just its id if it has none."""
+    ids = data.interactions[data.query_id_key]
+    rows = np.flatnonzero(ids == query_id)
+    if len(rows):
+        return {key: [data.interactions[key][rows[0]]] for key in keys}
+    return {key: [query_id] for key in keys}
+
+
+def _as_tensor(values: list[Any]) -> Any:
+    if values and isinstance(values[0], list):
+        return tf.ragged.constant(values, dtype=tf.int64)
+    return tf.constant(values)
+
+
+def build_model(config: dict[str, Any], data: Any) -> Any:
+    """Assembles the model a resolved recipe describes."""
+    return assemble(
+        query=dict(config["query_tower"]),
+        candidate=dict(config["candidate_tower"]),
+        task=dict(config["task"]),
+        data=data,
+        style=config["model"]["style"],
+        train_metrics=config["model"]["train_metrics"],
     )
 
 
@@ -162,14 +204,7 @@ def run(
     tf.keras.utils.set_random_seed(train["seed"])
     # Variables, optimizer slots and metrics must be created under the strategy.
     with strategy.scope():
-        model = assemble(
-            query=dict(config["query_tower"]),
-            candidate=dict(config["candidate_tower"]),
-            task=dict(config["task"]),
-            data=data,
-            style=config["model"]["style"],
-            train_metrics=config["model"]["train_metrics"],
-        )
+        model = build_model(config, data)
         model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
     dataset = training_dataset(data, model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
     if strategy.num_replicas_in_sync > 1:
@@ -229,8 +264,8 @@ def run(
     timings["index_seconds"] = time.perf_counter() - tick
     example = config["export"]["example_query"]
     query_keys = list(model.query_tower.feature_keys)
-    example_features = {key: tf.constant([example]) for key in query_keys}
-    _, top = index(example_features)
+    example_features = example_query_features(data, query_keys, example)
+    _, top = index({k: _as_tensor(v) for k, v in example_features.items()})
     example_top = [t.decode("utf-8") for t in top[0].numpy() if t.decode("utf-8") != example][:3]
     log(f"  top 3 for {query_keys[0]}={example!r}: {example_top}")
 
@@ -256,8 +291,9 @@ def run(
             query_feature_keys=query_keys,
             metadata=export_metadata(config, model, metrics),
             extra_files=serving_files(data, model),
+            query_specs=query_specs(data, query_keys),
         )
-        reloaded = load_export(export_dir).recommend({key: [example] for key in query_keys})[1]
+        reloaded = load_export(export_dir).recommend(example_features)[1]
         reloaded_top = [t.decode("utf-8") for t in reloaded[0] if t.decode("utf-8") != example][:3]
         if reloaded_top != example_top:
             raise TowerkitError(

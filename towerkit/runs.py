@@ -12,7 +12,7 @@ import tensorflow as tf
 from towerkit import config as recipe_config
 from towerkit.checkpoints import CHECKPOINT_DIR
 from towerkit.errors import TowerkitError
-from towerkit.models import assemble
+from towerkit.pipeline import build_model
 from towerkit.registry import load_dataset
 
 
@@ -46,13 +46,7 @@ def open_run(path: str | os.PathLike, overrides: list[str] | None = None) -> Run
     config = recipe_config.resolve(recipe_config.apply_overrides(raw, overrides or []), origin)
     name, options = recipe_config.component_config(config["dataset"])
     data = load_dataset(name, **options)
-    model = assemble(
-        query=dict(config["query_tower"]),
-        candidate=dict(config["candidate_tower"]),
-        task=dict(config["task"]),
-        data=data,
-        style=config["model"]["style"],
-    )
+    model = build_model(config, data)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, epoch=epoch)
     latest = tf.train.latest_checkpoint(str(run_dir / CHECKPOINT_DIR))
