@@ -122,6 +122,9 @@ def test_new_export_replaces_old_atomically_and_failures_keep_the_old(synthetic,
     save_export(index, target, query_feature_keys=["user_id"], metadata={"round": 1})
     save_export(index, target, query_feature_keys=["user_id"], metadata={"round": 2})
     assert load_export(target).metadata["round"] == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

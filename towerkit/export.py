@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
+from towerkit.datasets.fetch import make_staging_dir
 from towerkit.errors import DataError, TowerkitError
 
 METADATA_FILE = "towerkit.json"
@@ -70,7 +71,7 @@ def save_export(
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging = make_staging_dir(target)
     except OSError as exc:
         raise TowerkitError(f"cannot write the export to {target} ({exc}); choose a writable --output.") from exc
     specs = {key: (query_specs or {}).get(key, tf.TensorSpec([None], tf.string, name=key)) for key in query_feature_keys}

@@ -235,11 +235,24 @@ def recbole_to_grouplens(files: dict[str, bytes]) -> dict[str, bytes]:
     }
 
 
+def make_staging_dir(target: Path) -> Path:
+    """A hidden temporary sibling of ``target``, with the permissions ``mkdir`` would give it.
+
+    ``mkdtemp`` makes directories private (0700); the finished directory should
+    be readable like any other the user creates (e.g. by a serving process).
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    return staging
+
+
 def write_atomically(target: Path, files: dict[str, bytes]) -> None:
     """Writes files into ``target`` through a temporary sibling and a rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = make_staging_dir(target)
     try:
         for name, data in files.items():
             with open(staging / name, "wb") as handle:
