@@ -21,7 +21,7 @@ train: install
 	$(BIN)/towerkit train
 
 test: install
-	$(BIN)/python -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/train_bench.py

@@ -136,6 +136,21 @@ def _write_atomic_text(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
+def _evaluate(evaluation: dict[str, Any], model: Any, data: Any, log: Log) -> tuple[dict, dict]:
+    """Exact test top-k of the model and of the dataset's baselines, logged as a small table."""
+    log("evaluating on the test split (exact top-k over all candidates) ...")
+    ks, exclude = evaluation["ks"], evaluation["exclude_train"]
+    results = evaluate_topk(model, data, ks, exclude, evaluation["batch_size"])
+    baselines = {name: BASELINES[name](data, ks, exclude) for name in getattr(data, "baselines", ("popularity",))}
+    for prefix in ("", "excl_") if exclude else ("",):
+        if prefix:
+            log("  excluding each user's training items:")
+        log(f"  {'model':<13}{_format_topk(results, ks, prefix)}")
+        for name, baseline in baselines.items():
+            log(f"  {name:<13}{_format_topk(baseline, ks, prefix)}")
+    return results, baselines
+
+
 def _read_history(path: Path) -> dict[str, list[float]]:
     """Per-epoch values from the CSVLogger file (all epochs, also across a resume)."""
     with open(path, newline="", encoding="utf-8") as handle:
@@ -239,24 +254,9 @@ def run(
         timings["total_seconds"] = time.perf_counter() - started
         return RunResult({"timing": timings, "history": history}, output, model, data)
 
-    evaluation = config["evaluate"]
-    log("evaluating on the test split (exact top-k over all candidates) ...")
     tick = time.perf_counter()
-    results = evaluate_topk(model, data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"])
+    results, baselines = _evaluate(config["evaluate"], model, data, log)
     timings["evaluate_seconds"] = time.perf_counter() - tick
-    baselines = {
-        name: BASELINES[name](data, evaluation["ks"], evaluation["exclude_train"])
-        for name in getattr(data, "baselines", ("popularity",))
-    }
-    ks = evaluation["ks"]
-    log(f"  {'model':<13}{_format_topk(results, ks)}")
-    for name, baseline in baselines.items():
-        log(f"  {name:<13}{_format_topk(baseline, ks)}")
-    if evaluation["exclude_train"]:
-        log("  excluding each user's training items:")
-        log(f"  {'model':<13}{_format_topk(results, ks, 'excl_')}")
-        for name, baseline in baselines.items():
-            log(f"  {name:<13}{_format_topk(baseline, ks, 'excl_')}")
 
     log(f"building index {config['index']['name']} ...")
     tick = time.perf_counter()
@@ -276,7 +276,7 @@ def run(
     }
     for name, values in {"test": results, **baselines}.items():
         metrics[name] = {k: v for k, v in values.items() if not k.startswith("excl_")}
-        if evaluation["exclude_train"]:
+        if config["evaluate"]["exclude_train"]:
             suffix = "test_excluding_train" if name == "test" else f"{name}_excluding_train"
             metrics[suffix] = {k[5:]: v for k, v in values.items() if k.startswith("excl_")}
 
