@@ -88,6 +88,27 @@ def plugin_site(tmp_path_factory) -> Path:
     return target
 
 
+TINY_RECIPE = {
+    "dataset": {"name": "synthetic", "num_users": 150, "num_items": 60, "num_interactions": 4000},
+    "query_tower": {"name": "user", "embedding_dim": 16},
+    "candidate_tower": {"name": "movie", "embedding_dim": 16},
+    "task": {"name": "retrieval"},
+    "train": {"epochs": 2, "batch_size": 512},
+    "index": {"name": "brute-force", "k": 10},
+    "export": {"example_query": "user 3"},
+}
+
+
+def recipe_text(**sections: dict) -> str:
+    """A small synthetic-data recipe as TOML; each keyword updates one section."""
+    from towerkit.config import to_toml
+
+    merged = {name: dict(values) for name, values in TINY_RECIPE.items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return to_toml(merged)
+
+
 def make_zip(members: dict) -> bytes:
     """A zip archive in memory, with the given member names and contents."""
     import io

@@ -10,43 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import recipe_text, run_cli
 
-SYNTHETIC_RECIPE = """
-[recipe]
-name = "tiny"
-
-[dataset]
-name = "synthetic"
-num_users = 150
-num_items = 60
-num_interactions = 4000
-
-[query_tower]
-name = "user"
-embedding_dim = 16
-
-[candidate_tower]
-name = "movie"
-embedding_dim = 16
-
-[task]
-name = "retrieval"
-
-[train]
-epochs = 2
-batch_size = 512
-
-[evaluate]
-ks = [1, 10, 50]
-
-[index]
-name = "brute-force"
-k = 10
-
-[export]
-example_query = "user 3"
-"""
+SYNTHETIC_RECIPE = recipe_text(recipe={"name": "tiny"}, evaluate={"ks": [1, 10, 50]})
 
 
 @pytest.fixture(scope="module")

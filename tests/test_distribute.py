@@ -8,41 +8,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import ROOT, recipe_text, run_python
 
-RECIPE = """
-[dataset]
-name = "synthetic"
-num_users = 300
-num_items = 100
-num_interactions = 8000
-
-[query_tower]
-name = "user"
-embedding_dim = 16
-
-[candidate_tower]
-name = "movie"
-embedding_dim = 16
-
-[task]
-name = "retrieval"
-global_negatives = true
-
-[train]
-epochs = 3
-batch_size = 512
-
-[evaluate]
-ks = [10, 50]
-exclude_train = false
-
-[index]
-name = "brute-force"
-
-[export]
-example_query = "user 1"
-"""
+RECIPE = recipe_text(
+    dataset={"num_users": 300, "num_items": 100, "num_interactions": 8000},
+    task={"global_negatives": True},
+    train={"epochs": 3},
+    evaluate={"ks": [10, 50], "exclude_train": False},
+    export={"example_query": "user 1"},
+)
 
 # Tolerance for mirrored vs default: the same model, loss and data, but the two
 # replicas' variables are initialised under the strategy and sums run in another
@@ -88,6 +62,7 @@ def _free_ports(count):
 
 def test_two_workers_on_localhost_train_and_the_chief_exports(tmp_path):
     (tmp_path / "recipe.toml").write_text(RECIPE.replace("global_negatives = true", "global_negatives = false"))
+    assert "global_negatives = false" in (tmp_path / "recipe.toml").read_text()
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     output = tmp_path / "run"
     workers = []

@@ -6,41 +6,12 @@ import pytest
 
 import towerkit
 
-from conftest import run_cli
+from conftest import recipe_text, run_cli
 
 pytest.importorskip("towerkit_hashing", reason="install examples/plugins/towerkit-hashing (make install does)")
 pytest.importorskip("towerkit_faiss", reason="install examples/plugins/towerkit-faiss (make install does)")
 
-RECIPE = """
-[dataset]
-name = "synthetic"
-num_users = 150
-num_items = 60
-num_interactions = 4000
-
-[query_tower]
-name = "hashing"
-num_bins = 512
-embedding_dim = 16
-
-[candidate_tower]
-name = "movie"
-embedding_dim = 16
-
-[task]
-name = "retrieval"
-
-[train]
-epochs = 2
-batch_size = 512
-
-[index]
-name = "faiss"
-k = 10
-
-[export]
-example_query = "user 3"
-"""
+RECIPE = recipe_text(query_tower={"name": "hashing", "num_bins": 512}, index={"name": "faiss"})
 
 
 @pytest.fixture(scope="module")

@@ -8,42 +8,15 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, recipe_text, run_cli
 
-RECIPE = """
-[recipe]
-name = "resumable"
-
-[dataset]
-name = "synthetic"
-num_users = 300
-num_items = 100
-num_interactions = 30000
-
-[query_tower]
-name = "user"
-embedding_dim = 16
-
-[candidate_tower]
-name = "movie"
-embedding_dim = 16
-
-[task]
-name = "retrieval"
-
-[train]
-epochs = 40
-batch_size = 128
-
-[evaluate]
-ks = [10]
-
-[index]
-name = "brute-force"
-
-[export]
-example_query = "user 1"
-"""
+RECIPE = recipe_text(
+    recipe={"name": "resumable"},
+    dataset={"num_users": 300, "num_items": 100, "num_interactions": 30000},
+    train={"epochs": 40, "batch_size": 128},
+    evaluate={"ks": [10]},
+    export={"example_query": "user 1"},
+)
 
 
 def test_sigkill_during_training_then_resume_finishes_all_epochs(tmp_path):
