@@ -52,6 +52,7 @@ def main() -> None:
     baselines = {}
     for recipe in args.recipes:
         runs = [measure(recipe, seed) for seed in args.seeds]
+        recipe = recipe_config.load_recipe(recipe)[0].get("recipe", {}).get("name") or recipe
         results[recipe] = {key: statistics.mean(r["model"][key] for r in runs) for key in runs[0]["model"]}
         baselines[recipe] = {k: v for k, v in runs[0].items() if k != "model"}
 

@@ -216,7 +216,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        # JSON's string escapes (\", \\, \n, \uXXXX) are all valid in TOML basic strings.
+        # JSON's string escapes (quote, backslash, newline, \u plus 4 hex digits) are valid TOML too.
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
