@@ -92,7 +92,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         output = args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
 
     from towerkit import pipeline
+    from towerkit.evaluation import show_progress
 
+    show_progress(not args.json)
     log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
     # Keras redraws its progress bar in place, which only reads well on a terminal.
     verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)

@@ -24,13 +24,36 @@ from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
+# Set by the CLI: long embedding and ranking passes show a Keras progress bar.
+_SHOW_PROGRESS = False
+
+
+def show_progress(enabled: bool) -> None:
+    """Turns progress bars for long embedding and evaluation passes on or off."""
+    global _SHOW_PROGRESS
+    _SHOW_PROGRESS = bool(enabled)
+
+
+def _progress_bar(steps: int, label: str) -> Any:
+    """A progress bar for more than a few steps when enabled, else None."""
+    if not _SHOW_PROGRESS or steps <= 10:
+        return None
+    print(label, flush=True)
+    return tf.keras.utils.Progbar(steps)
 
 
 def embed(tower: Any, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> tf.Tensor:
     """Runs a tower over column arrays in batches and returns ``[n, dim]``."""
     dataset = to_tf_dataset(columns).batch(batch_size)
     call = tf.function(tower, reduce_retracing=True)
-    return tf.concat([call(batch) for batch in dataset], axis=0)
+    rows = len(next(iter(columns.values())))
+    bar = _progress_bar(-(-rows // batch_size), f"  embedding {rows:,} rows with {tower.name}")
+    outputs = []
+    for step, batch in enumerate(dataset, start=1):
+        outputs.append(call(batch))
+        if bar is not None:
+            bar.update(step)
+    return tf.concat(outputs, axis=0)
 
 
 def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
@@ -74,8 +97,12 @@ def ranks_from_scores(
     as the others, so rounding cannot rank the positive below itself.
     """
     ranks = []
-    for start in range(0, int(query_embeddings.shape[0]), chunk):
+    total = int(query_embeddings.shape[0])
+    bar = _progress_bar(-(-total // chunk), f"  ranking {total:,} test examples against {int(candidate_embeddings.shape[0]):,} candidates")
+    for start in range(0, total, chunk):
         stop = start + chunk
+        if bar is not None:
+            bar.update(start // chunk + 1)
         scores = tf.linalg.matmul(query_embeddings[start:stop], candidate_embeddings, transpose_b=True)
         positives = positive_scores[start:stop]
         if positive_rows is not None:

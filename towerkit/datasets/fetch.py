@@ -25,7 +25,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from towerkit.errors import DataError
 
@@ -107,7 +107,7 @@ def fetch_movielens_100k(
                 files = _grouplens_files(_download(GROUPLENS_URL, grouplens_timeout, say))
             elif source == "recbole":
                 say(f"towerkit: fetching MovieLens-100K from the {RECBOLE_REQUIREMENT} wheel via pip ...")
-                files = recbole_to_grouplens(_recbole_members(_pip_download_recbole()))
+                files = recbole_to_grouplens(_recbole_members(_pip_download_recbole(progress is not None)))
             else:
                 raise DataError(f"unknown source '{source}'; sources are grouplens and recbole.")
         except (DataError, OSError) as exc:
@@ -168,14 +168,26 @@ def _grouplens_files(zip_bytes: bytes) -> dict[str, bytes]:
     return files
 
 
-def _pip_download_recbole() -> bytes:
+def _progress_stream() -> Any:
+    """Where pip's own progress bar goes: our stderr when it is a real file, else nowhere."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
+
+
+def _pip_download_recbole(show_progress: bool) -> bytes:
     with tempfile.TemporaryDirectory(prefix="towerkit-pip-") as tmp:
         command = [
             sys.executable, "-m", "pip", "download", RECBOLE_REQUIREMENT,
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d", tmp,
+            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
         ]
+        if not show_progress:
+            command.append("-q")
         try:
-            subprocess.run(command, check=True, timeout=600, capture_output=True, text=True)
+            subprocess.run(command, check=True, timeout=600, text=True, stderr=subprocess.PIPE,
+                           stdout=_progress_stream() if show_progress else subprocess.DEVNULL)
         except subprocess.CalledProcessError as exc:
             raise DataError(f"pip download failed: {exc.stderr.strip()[-300:]}") from exc
         except subprocess.TimeoutExpired as exc:
