@@ -61,13 +61,15 @@ def test_layers_need_concat():
 
 
 def test_feature_towers_train_end_to_end(small_movielens):
+    tf.keras.utils.set_random_seed(0)
     model = towerkit.assemble(query={"name": "user", "demographics": True, "layers": [16, 8], "embedding_dim": 8},
                               candidate={"name": "movie", "genres": True, "title_text": True, "embedding_dim": 8},
                               data=small_movielens)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
     from towerkit.pipeline import training_dataset
 
-    history = model.fit(training_dataset(small_movielens, model.feature_keys, 256, 10_000, 0), epochs=3, verbose=0)
+    history = model.fit(training_dataset(small_movielens, model.feature_keys, 32, 10_000, 0), epochs=5, verbose=0)
+    # The fixture's ratings are random, so only fitting the training data is expected.
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert set(towerkit.evaluate_topk(model, small_movielens, ks=[5])) == {"top_5"}
 

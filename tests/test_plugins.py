@@ -67,6 +67,7 @@ def test_model_assembled_by_name_from_plugin_component(plugin_site):
 import warnings; warnings.simplefilter("ignore")
 import towerkit, tensorflow as tf
 data = towerkit.load_dataset("synthetic", num_users=50, num_items=30, num_interactions=2000)
+tf.keras.utils.set_random_seed(0)
 model = towerkit.assemble(query={"name": "hashed-id", "num_bins": 64, "embedding_dim": 8},
                           candidate={"name": "movie", "embedding_dim": 8}, data=data)
 model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
