@@ -112,3 +112,12 @@ def test_factorized_metric_candidates_cover_the_whole_set(synthetic):
     tower.adapt(synthetic.adapt_features())
     total = sum(int(batch.shape[0]) for batch in candidate_embeddings_dataset(synthetic, tower))
     assert total == len(synthetic.candidate_ids)
+
+
+def test_the_assembly_example_runs():
+    from conftest import ROOT, run_python
+
+    result = run_python(f"import runpy, sys; sys.argv = ['x', 'synthetic']; "
+                        f"runpy.run_path({str(ROOT / 'examples' / 'assemble_by_name.py')!r}, run_name='__main__')")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "top 3 for user" in result.stdout and "popularity" in result.stdout
