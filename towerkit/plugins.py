@@ -78,9 +78,11 @@ def _strict() -> bool:
     return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
 
 
-def _fail(info: PluginInfo, message: str) -> None:
+def _fail(info: PluginInfo, error: str, what: str, advice: str) -> None:
+    """Records a plugin as failed and warns once, naming the distribution and the error."""
     info.status = "failed"
-    info.error = f"{info.error}; {message}" if info.error else message
+    info.error = f"{info.error}; {error}" if info.error else error
+    warnings.warn(f"plugin {info.name} {what} and was skipped ({error}); {advice}", PluginWarning, stacklevel=3)
 
 
 def _make_register(kind: str, info: PluginInfo):
@@ -135,13 +137,7 @@ def _run_hooks(plugin: Any, info: PluginInfo, manager: pluggy.PluginManager) -> 
         _rollback(info)
         if info.name == BUILTIN_SOURCE or (_strict() and isinstance(exc, TowerkitError)):
             raise
-        _fail(info, f"{type(exc).__name__}: {exc}")
-        warnings.warn(
-            f"plugin {info.name} raised in a hook and was skipped ({type(exc).__name__}: {exc}); "
-            "upgrade or uninstall it.",
-            PluginWarning,
-            stacklevel=2,
-        )
+        _fail(info, f"{type(exc).__name__}: {exc}", "raised in a hook", "upgrade or uninstall it.")
 
 
 def _check_hook_names(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> bool:
@@ -149,13 +145,7 @@ def _check_hook_names(manager: pluggy.PluginManager, plugin: Any, info: PluginIn
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         manager.unregister(plugin)
-        _fail(info, str(exc))
-        warnings.warn(
-            f"plugin {info.name} implements a hook towerkit does not define ({exc}); "
-            f"hooks are: {', '.join(HOOK_KINDS)}.",
-            PluginWarning,
-            stacklevel=2,
-        )
+        _fail(info, str(exc), "implements a hook towerkit does not define", f"hooks are: {', '.join(HOOK_KINDS)}.")
         return False
     return True
 
@@ -192,25 +182,13 @@ def load_plugins() -> None:
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - isolate broken plugins
-                _fail(info, f"{ep.name}: {type(exc).__name__}: {exc}")
-                warnings.warn(
-                    f"plugin {dist} ({ep.name}) failed to import and was skipped "
-                    f"({type(exc).__name__}: {exc}); "
-                    "reinstall or uninstall it.",
-                    PluginWarning,
-                    stacklevel=2,
-                )
+                _fail(info, f"{ep.name}: {type(exc).__name__}: {exc}", "failed to import", "reinstall or uninstall it.")
                 continue
             try:
                 manager.register(plugin, name=f"{dist}:{ep.name}")
             except pluggy.PluginValidationError as exc:
-                _fail(info, str(exc))
-                warnings.warn(
-                    f"plugin {dist} has an invalid hook implementation and was skipped "
-                    f"({exc}); each hook takes a single argument named 'register'.",
-                    PluginWarning,
-                    stacklevel=2,
-                )
+                _fail(info, str(exc), "has an invalid hook implementation",
+                      "each hook takes a single argument named 'register'.")
                 continue
             if _check_hook_names(manager, plugin, info):
                 _run_hooks(plugin, info, manager)
