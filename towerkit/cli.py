@@ -219,10 +219,9 @@ KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datase
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    if args.name not in ("movielens-100k", "movielens"):
-        if args.action == "fetch":
-            raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; generated datasets need no fetch.")
     if args.action == "fetch":
+        if args.name not in ("movielens-100k", "movielens"):
+            raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; generated datasets need no fetch.")
         from towerkit.datasets import fetch
 
         directory = fetch.fetch_movielens_100k(args.data_dir)

@@ -86,23 +86,26 @@ class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
         super().__init__()
         self._setup(query_tower, candidate_tower, task, train_metrics)
 
-    def _step_metrics(self, loss: tf.Tensor) -> dict[str, tf.Tensor]:
-        regularization_loss = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+    def _loss_terms(self, features, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """The task loss and the layers' regularization losses, as the tutorial's train_step has them."""
+        loss = self._task_loss(features, training=training)
+        return loss, tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+
+    def _step_metrics(self, loss: tf.Tensor, regularization_loss: tf.Tensor) -> dict[str, tf.Tensor]:
         metrics = {metric.name: metric.result() for metric in self.metrics}
         metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=loss + regularization_loss)
         return metrics
 
     def train_step(self, features):
         with tf.GradientTape() as tape:
-            loss = self._task_loss(features, training=True)
-            regularization_loss = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            loss, regularization_loss = self._loss_terms(features, training=True)
             total_loss = loss + regularization_loss
         gradients = tape.gradient(total_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        return self._without_idle_metrics(self._step_metrics(loss))
+        return self._without_idle_metrics(self._step_metrics(loss, regularization_loss))
 
     def test_step(self, features):
-        return self._step_metrics(self._task_loss(features, training=False))
+        return self._step_metrics(*self._loss_terms(features, training=False))
 
 
 def _build(kind: str, spec: Any, **defaults: Any) -> Any:
