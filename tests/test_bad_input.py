@@ -21,7 +21,9 @@ from towerkit import config as recipe_config
 from towerkit import plugins
 from towerkit.datasets import fetch
 from towerkit.errors import TowerkitError
-from towerkit.export import METADATA_FILE, load_export, save_export
+from towerkit.export import save_export
+from towerkit.export_format import METADATA_FILE
+from towerkit.serving import load_export
 
 from conftest import make_zip, run_cli, write_grouplens
 

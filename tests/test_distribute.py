@@ -84,7 +84,7 @@ def test_two_workers_on_localhost_train_and_the_chief_exports(tmp_path):
         assert worker.returncode == 0, stderr[-3000:]
     assert "2 replicas" in results[0][0]
     assert "the chief worker writes the reports" in results[1][0]
-    from towerkit.export import load_export
+    from towerkit.serving import load_export
 
     _, ids = load_export(output / "model").recommend({"user_id": ["user 1"]})
     assert ids.shape == (1, 10)

@@ -11,7 +11,9 @@ import tensorflow as tf
 
 import towerkit
 from towerkit.errors import ConfigError, DataError
-from towerkit.export import FORMAT_VERSION, METADATA_FILE, load_export, save_export
+from towerkit.export import save_export
+from towerkit.export_format import FORMAT_VERSION, METADATA_FILE
+from towerkit.serving import load_export
 from towerkit.indexes.scann_index import default_parameters
 
 from conftest import ROOT, run_python

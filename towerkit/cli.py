@@ -239,7 +239,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from towerkit.export import QUERY_VOCABULARY_FILE, SEEN_FILE, load_export
+    from towerkit.export_format import QUERY_VOCABULARY_FILE, SEEN_FILE
+    from towerkit.serving import load_export
 
     export = load_export(args.model)
     keys = export.query_feature_keys
@@ -271,7 +272,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from towerkit.export import load_export
+    from towerkit.serving import load_export
 
     export = load_export(args.model)
     keys = export.query_feature_keys

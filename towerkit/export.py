@@ -20,13 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from towerkit.datasets.fetch import make_staging_dir
-from towerkit.errors import DataError, TowerkitError
+from towerkit.errors import TowerkitError
 
-METADATA_FILE = "towerkit.json"
-# Written beside the model by `towerkit train`, read by `towerkit recommend`.
-SEEN_FILE = "seen.json"
-QUERY_VOCABULARY_FILE = "query_vocabulary.json"
-FORMAT_VERSION = 1
+from towerkit.export_format import EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE  # noqa: F401
 
 
 def _replace_directory(staging: Path, target: Path) -> None:
@@ -112,7 +108,6 @@ def save_export(
     return target
 
 
-EXTERNAL_INDEX_DIR = "index"
 
 
 def _save_index_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]) -> None:
@@ -152,150 +147,6 @@ def _towerkit_version() -> str:
     return towerkit.__version__
 
 
-class LoadedExport:
-    """An export loaded for querying.
-
-    Attributes:
-        model: The loaded SavedModel object.
-        metadata: The contents of towerkit.json.
-    """
-
-    def __init__(self, model: Any, metadata: dict[str, Any], path: str | os.PathLike = ".", index: Any = None):
-        self.path = Path(path)
-        self.model = model
-        self.metadata = metadata
-        self.signature = model.signatures["serving_default"]
-        # Set for backends that save themselves: the SavedModel then only embeds queries.
-        self.index = index
-
-    @property
-    def query_feature_keys(self) -> list[str]:
-        return list(self.metadata["query_feature_keys"])
-
-    def recommend(
-        self, features: dict[str, Sequence[str]], exclusions: Sequence[Sequence[str]] | None = None
-    ) -> tuple[Any, Any]:
-        """Returns (scores, ids) for a batch of raw query features.
-
-        Args:
-            features: Query feature key -> one string per query.
-            exclusions: Per query, candidate ids to leave out (e.g. seen items).
-        """
-        missing = [k for k in self.query_feature_keys if k not in features]
-        if missing:
-            raise TowerkitError(
-                f"this export needs query feature(s) {', '.join(missing)}; pass them "
-                f"(expected keys: {', '.join(self.query_feature_keys)})."
-            )
-        dtypes = self.metadata.get("query_feature_dtypes", {})
-        try:
-            inputs = {k: _as_input(features[k], dtypes.get(k, "string")) for k in self.query_feature_keys}
-        except (TypeError, ValueError) as exc:
-            raise TowerkitError(
-                f"query features do not match this export's inputs {dtypes or 'strings'} ({exc}); pass values of those types."
-            ) from exc
-        if self.index is not None:
-            embeddings = self.signature(**inputs)["embeddings"]
-            if exclusions is None:
-                scores, ids = self.index(embeddings)
-            else:
-                scores, ids = self.index.query_with_exclusions(embeddings, _padded(exclusions))
-            return np.asarray(scores), np.asarray(ids)
-        if exclusions is None:
-            outputs = self.signature(**inputs)
-        else:
-            outputs = self.model.signatures["serving_exclusions"](exclusions=_padded(exclusions), **inputs)
-        return outputs["scores"].numpy(), outputs["ids"].numpy()
-
-    def read_json(self, name: str) -> Any:
-        """Reads an extra JSON file written beside the model, or None if there is none."""
-        path = self.path / name
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} is corrupt ({exc}); export the model again.") from exc
-
-
 def _spec_name(spec: Any) -> str:
     name = spec.dtype.name
     return f"ragged:{name}" if isinstance(spec, tf.RaggedTensorSpec) else name
-
-
-def _as_input(values: Sequence[Any], dtype_name: str) -> Any:
-    if dtype_name.startswith("ragged:"):
-        return tf.ragged.constant([list(v) for v in values], dtype=tf.as_dtype(dtype_name[len("ragged:"):]))
-    return tf.constant(list(values), dtype=tf.as_dtype(dtype_name))
-
-
-def _padded(exclusions: Sequence[Sequence[str]]) -> tf.Tensor:
-    """Ragged per-query exclusion lists as one ``[batch, width]`` string tensor ("" never matches an id)."""
-    width = max(1, max((len(row) for row in exclusions), default=1))
-    return tf.constant([list(row) + [""] * (width - len(row)) for row in exclusions], tf.string)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    meta_path = path / METADATA_FILE
-    if not path.is_dir():
-        raise DataError(f"{path} is not an export directory; pass the directory that `towerkit train` wrote.")
-    if not meta_path.is_file() or not (path / "saved_model.pb").is_file():
-        raise DataError(
-            f"{path} is not a complete towerkit export (missing {METADATA_FILE} or saved_model.pb); "
-            "export the model again."
-        )
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{meta_path} is corrupt ({exc}); export the model again.") from exc
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(
-            f"{path} was written by towerkit {metadata.get('towerkit_version', '?')} in export format "
-            f"{version}, newer than this towerkit reads ({FORMAT_VERSION}); upgrade towerkit."
-        )
-    return metadata
-
-
-def load_export(path: str | os.PathLike) -> LoadedExport:
-    """Loads an export directory written by :func:`save_export`.
-
-    Raises:
-        DataError: The directory is missing, incomplete, corrupt, or from a newer towerkit.
-    """
-    metadata = read_metadata(path)
-    if metadata.get("index", {}).get("external"):
-        return _load_external(path, metadata)
-    if metadata.get("index", {}).get("backend") == "scann":
-        try:
-            from scann.scann_ops.py import scann_ops  # noqa: F401 - registers the Scann ops
-        except ImportError as exc:
-            raise TowerkitError(
-                f"{path} holds a ScaNN index, which needs the scann package; `pip install scann==1.4.2`."
-            ) from exc
-    return LoadedExport(_load_saved_model(path), metadata, path)
-
-
-def _load_saved_model(path: str | os.PathLike) -> Any:
-    try:
-        return tf.saved_model.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - TF raises many types for a broken SavedModel
-        raise DataError(f"cannot load the SavedModel in {path} ({type(exc).__name__}); export the model again.") from exc
-
-
-def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedExport:
-    """Loads the query SavedModel plus an index that saved itself, through its plugin."""
-    from towerkit.errors import UnknownComponentError
-    from towerkit.registry import registry
-
-    backend = metadata["index"]["backend"]
-    source = metadata.get("components", {}).get("index", {}).get("source", backend)
-    try:
-        factory = registry("indexes").get(backend).load()
-    except UnknownComponentError:
-        raise TowerkitError(
-            f"{path} uses index '{backend}' from the {source} distribution, which is not installed; "
-            f"`pip install {source}`."
-        ) from None
-    return LoadedExport(_load_saved_model(path), metadata, path, index=factory.load(Path(path) / EXTERNAL_INDEX_DIR))

@@ -20,7 +20,9 @@ from towerkit.report import EpochEvaluation, write_markdown, write_png
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.errors import ConfigError, TowerkitError
 from towerkit.evaluation import BASELINES, embed, evaluate_topk
-from towerkit.export import QUERY_VOCABULARY_FILE, SEEN_FILE, load_export, save_export
+from towerkit.export import save_export
+from towerkit.export_format import QUERY_VOCABULARY_FILE, SEEN_FILE
+from towerkit.serving import load_export
 from towerkit.models import assemble
 from towerkit.registry import create_index, load_dataset
 
