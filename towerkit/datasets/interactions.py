@@ -1,0 +1,381 @@
+"""Your own interaction logs as a dataset: CSV/TSV/Parquet/JSON Lines files, split three ways.
+
+A recipe names the file and its columns::
+
+    [dataset]
+    name = "interactions"
+    path = "data/events.parquet"   # a file, a directory of shards, or a glob
+    query_id = "user"
+    candidate_id = "item"
+    timestamp = "ts"               # optional
+    candidates = "data/items.csv"  # optional: one row per candidate, with feature columns
+    queries = "data/users.csv"     # optional: one row per query id, with feature columns
+    split = "random"               # random | temporal | leave-last
+    test_fraction = 0.2
+    validation_fraction = 0.0
+    seed = 42
+
+Columns are held as NumPy arrays (no Python object per row). Ids are strings
+from the moment they are read: an integer id ``42`` becomes ``"42"``
+(``str(value)``), and text ids keep their exact text (``"007"`` stays
+``"007"``), so exports and ``towerkit recommend`` answer with the ids as the
+file has them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from towerkit.datasets import tabular
+from towerkit.datasets.base import Features, RetrievalDataset, seed_split
+from towerkit.errors import ConfigError, DataError
+
+SPLITS = ("random", "temporal", "leave-last")
+DEFAULT_TEST_FRACTION = 0.2
+
+
+class ColumnValues(dict):
+    """The values towers adapt to, plus which column belongs to which side.
+
+    A plain dict of column arrays (as every dataset's ``adapt_features``
+    returns) that also names the id, timestamp and per-side feature columns,
+    so a generic tower can infer its columns and encoders from it.
+    """
+
+    query_id_key: str = ""
+    candidate_id_key: str = ""
+    timestamp_key: str | None = None
+    query_feature_columns: tuple[str, ...] = ()
+    candidate_feature_columns: tuple[str, ...] = ()
+    interaction_feature_columns: tuple[str, ...] = ()
+
+
+class InteractionsDataset(RetrievalDataset):
+    """Interactions (query id, candidate id, optional time and features) read from files.
+
+    Args:
+        path: The interactions: a file, a directory of shards, or a glob
+            (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, optionally ``.gz``).
+        query_id: The column naming the query (e.g. the user).
+        candidate_id: The column naming the candidate (e.g. the item).
+        timestamp: The interaction time column: seconds since the epoch, or
+            ISO 8601 text. Needed by the ``temporal`` and ``leave-last`` splits.
+        candidates: A table with one row per candidate (its id in
+            ``candidate_id``) and feature columns. It is the candidate set, so
+            it must hold every candidate id of the interactions. Without it,
+            the candidate set is the distinct interaction candidate ids.
+        queries: A table with one row per query id (in ``query_id``) and feature columns.
+        split: ``"random"`` (the TFRS tutorial's seeded shuffle: with the same
+            row order and seed, exactly ``movielens-100k``'s rows),
+            ``"temporal"`` (the last ``test_fraction`` of the time span is
+            test) or ``"leave-last"`` (each query's last ``leave_last``
+            interactions by time are test, for queries with more than that).
+        test_fraction: Share of rows (random) or of the time span (temporal)
+            held out for test; 0.2 if not given. Not used by leave-last.
+        validation_fraction: Share carved from train for validation, never
+            from test: of all rows (random) or of the time span just before
+            the test period (temporal).
+        seed: Seeds the random split.
+        leave_last: Interactions per query held out by ``leave-last``.
+        text_columns: Columns read as text however they look (CSV/TSV), e.g.
+            zip codes ``"02139"``; ids are always read as text.
+
+    Example:
+        >>> data = towerkit.load_dataset("interactions", path="events.csv",
+        ...                              query_id="user", candidate_id="item")
+    """
+
+    name = "interactions"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        query_id: str,
+        candidate_id: str,
+        timestamp: str | None = None,
+        candidates: str | os.PathLike | None = None,
+        queries: str | os.PathLike | None = None,
+        split: str = "random",
+        test_fraction: float | None = None,
+        validation_fraction: float = 0.0,
+        seed: int = 42,
+        leave_last: int = 1,
+        text_columns: Sequence[str] = (),
+    ):
+        self._build(path, query_id, candidate_id, timestamp, candidates, queries, split, test_fraction,
+                    validation_fraction, seed, leave_last, text_columns)
+
+    @classmethod
+    def from_arrow(cls, table: Any, query_id: str, candidate_id: str, **options: Any) -> "InteractionsDataset":
+        """Builds the dataset from an in-memory ``pyarrow.Table`` (candidates/queries may be tables too).
+
+        Args:
+            table: The interactions.
+            query_id: The query id column.
+            candidate_id: The candidate id column.
+            **options: As for the constructor (``timestamp``, ``candidates``, ``split`` ...).
+        """
+        dataset = cls.__new__(cls)
+        dataset._build(table, query_id, candidate_id, **options)
+        return dataset
+
+    @classmethod
+    def from_pandas(cls, frame: Any, query_id: str, candidate_id: str, **options: Any) -> "InteractionsDataset":
+        """Builds the dataset from a pandas DataFrame (candidates/queries may be DataFrames too).
+
+        pandas itself is needed only by the caller; the frame is converted with pyarrow.
+        """
+        return cls.from_arrow(tabular.from_any_table(frame, "the DataFrame"), query_id, candidate_id, **options)
+
+    # Loading ---------------------------------------------------------------------------------
+    def _build(self, source, query_id, candidate_id, timestamp=None, candidates=None, queries=None,
+               split="random", test_fraction=None, validation_fraction=0.0, seed=42, leave_last=1,
+               text_columns=()):
+        split_options = _check_options(query_id, candidate_id, timestamp, split, test_fraction,
+                                       validation_fraction, seed, leave_last)
+        self.query_id_key, self.candidate_id_key, self.timestamp_key = query_id, candidate_id, timestamp
+        self.split, self.seed = split, seed
+        table, shards, where = _load_table(source, [query_id, candidate_id, *text_columns], "path")
+        id_columns = {"query_id": query_id, "candidate_id": candidate_id}
+        tabular.require_columns(table, {**id_columns, **({"timestamp": timestamp} if timestamp else {})}, where)
+        if table.num_rows == 0:
+            raise DataError(f"{where} has no rows; expected at least one interaction per line after the header.")
+        self.sources = [str(path) for path, _ in shards]
+        query_ids, query_codes = tabular.id_column(table.column(query_id), query_id, shards)
+        candidate_ids, candidate_codes = tabular.id_column(table.column(candidate_id), candidate_id, shards)
+        interactions: Features = {query_id: query_ids[query_codes], candidate_id: candidate_ids[candidate_codes]}
+        if timestamp:
+            interactions[timestamp] = tabular.timestamp_column(table.column(timestamp), timestamp, shards)
+        own = [c for c in table.column_names if c not in (query_id, candidate_id, timestamp)]
+        interactions.update(_feature_columns(table, own, shards, text_columns))
+        self.interaction_feature_columns = tuple(own)
+        self._query_codes = query_codes
+        del table
+
+        candidate_features, self.candidate_feature_columns = self._side_table(
+            candidates, "candidates", candidate_id, candidate_ids, candidate_codes, interactions, text_columns)
+        self.query_features, self.query_feature_columns = self._side_table(
+            queries, "queries", query_id, query_ids, query_codes, interactions, text_columns)
+        train_rows, test_rows, self.validation_rows = _split_rows(
+            split, len(query_codes), split_options, query_codes, interactions.get(timestamp) if timestamp else None)
+        super().__init__(interactions, candidate_features, train_rows, test_rows)
+
+    def _side_table(self, source, option, id_key, distinct_ids, codes, interactions, text_columns):
+        """Reads a candidates/queries table, checks its ids and joins its columns onto the interactions."""
+        if source is None:
+            return {id_key: np.unique(distinct_ids)}, ()
+        table, shards, where = _load_table(source, [id_key, *text_columns], option)
+        tabular.require_columns(table, {f"{option} id column ({id_key!r}, from {_id_option(option)})": id_key},
+                                where)
+        if table.num_rows == 0:
+            raise DataError(f"{where} has no rows; expected one row per {option[:-1]} id.")
+        ids, id_codes = tabular.id_column(table.column(id_key), id_key, shards)
+        column = ids[id_codes]
+        _check_unique_ids(column, id_codes, option, where, shards)
+        rows_of_distinct = _rows_of(distinct_ids, column)
+        if (rows_of_distinct < 0).any():
+            missing = distinct_ids[rows_of_distinct < 0]
+            raise DataError(
+                f"{where} lacks {len(missing)} {id_key} value(s) that occur in the interactions (e.g. "
+                f"{', '.join(repr(str(m)) for m in missing[:3])}); give every {option[:-1]} a row there.")
+        names = [c for c in table.column_names if c != id_key]
+        clashes = [c for c in names if c in interactions]
+        if clashes:
+            raise DataError(f"column(s) {', '.join(map(repr, clashes))} of {where} also exist elsewhere in the "
+                            "data; rename them so that each feature column has one source.")
+        features = {id_key: column, **_feature_columns(table, names, shards, text_columns)}
+        rows = rows_of_distinct[codes]
+        for name in names:
+            interactions[name] = features[name][rows]
+        return features, tuple(names)
+
+    # Views ------------------------------------------------------------------------------------
+    def validation_features(self, keys: Sequence[str] | None = None) -> Features:
+        """The validation rows (carved from train) as column arrays."""
+        columns = self.interactions if keys is None else {k: self.interactions[k] for k in keys}
+        return {k: v[self.validation_rows] for k, v in columns.items()}
+
+    def adapt_features(self) -> ColumnValues:
+        values = ColumnValues(super().adapt_features())
+        values.query_id_key, values.candidate_id_key = self.query_id_key, self.candidate_id_key
+        values.timestamp_key = self.timestamp_key
+        values.query_feature_columns = self.query_feature_columns
+        values.candidate_feature_columns = self.candidate_feature_columns
+        values.interaction_feature_columns = self.interaction_feature_columns
+        return values
+
+    @property
+    def duplicate_rows(self) -> int:
+        """Interaction rows identical in every column to an earlier row (they are kept)."""
+        if not hasattr(self, "_duplicates"):
+            own = [self.query_id_key, self.candidate_id_key, *([self.timestamp_key] if self.timestamp_key else []),
+                   *self.interaction_feature_columns]
+            self._duplicates = count_duplicate_rows([self.interactions[k] for k in own])
+        return self._duplicates
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["interactions"] = int(len(self.interactions[self.query_id_key]))
+        info["validation"] = int(len(self.validation_rows))
+        info["split"] = self.split
+        return info
+
+
+def _id_option(option: str) -> str:
+    return "candidate_id" if option == "candidates" else "query_id"
+
+
+def _check_options(query_id, candidate_id, timestamp, split, test_fraction, validation_fraction, seed,
+                   leave_last) -> dict[str, Any]:
+    """Validates the recipe's split options; returns the resolved ones."""
+    for option, value in (("query_id", query_id), ("candidate_id", candidate_id)):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{option} must name a column of the interactions, got {value!r}; "
+                              f"e.g. {option} = \"{'user' if option == 'query_id' else 'item'}\".")
+    if query_id == candidate_id:
+        raise ConfigError(f"query_id and candidate_id are both {query_id!r}; they must be two different columns.")
+    if timestamp is not None and (not isinstance(timestamp, str) or not timestamp):
+        raise ConfigError(f"timestamp must name a column, got {timestamp!r}; leave it out if there is none.")
+    if split not in SPLITS:
+        import difflib
+
+        close = difflib.get_close_matches(str(split), SPLITS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown split {split!r}; {hint}choose one of {', '.join(SPLITS)}.")
+    if split != "random" and not timestamp:
+        raise ConfigError(f"split = \"{split}\" orders interactions by time, so it needs timestamp = \"COLUMN\".")
+    if split == "leave-last":
+        if test_fraction is not None:
+            raise ConfigError("test_fraction does not apply to split = \"leave-last\" (it holds out each query's "
+                              "last leave_last interactions); remove it.")
+        if validation_fraction:
+            raise ConfigError("validation_fraction is not supported with split = \"leave-last\"; use split = "
+                              "\"temporal\" or \"random\" for a validation set.")
+        if isinstance(leave_last, bool) or not isinstance(leave_last, int) or leave_last < 1:
+            raise ConfigError(f"leave_last must be a positive integer, got {leave_last!r}.")
+    test = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
+    for option, value in (("test_fraction", test), ("validation_fraction", validation_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"{option} must be a number in [0, 1), got {value!r}.")
+    if split != "leave-last" and not 0 < test:
+        raise ConfigError(f"test_fraction must be above 0, got {test!r}; a split needs test rows.")
+    if test + validation_fraction >= 1:
+        raise ConfigError(f"test_fraction + validation_fraction is {test + validation_fraction:g}; it must be "
+                          "below 1 to leave training rows.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
+    return {"test": float(test), "validation": float(validation_fraction), "seed": seed, "leave_last": leave_last}
+
+
+def _load_table(source: Any, text_columns: Sequence[str], option: str) -> tuple[pa.Table, list, str]:
+    """Reads a path (or takes an in-memory table); returns it, its shards and how to name it."""
+    if isinstance(source, (str, os.PathLike)):
+        paths = tabular.resolve_paths(source, option)
+        table, shards = tabular.read_tables(paths, text_columns)
+        where = str(paths[0]) if len(paths) == 1 else f"{os.fspath(source)} ({len(paths)} files)"
+        return table, shards, where
+    table = tabular.from_any_table(source, f"{option} table")
+    return table, [(Path(f"<{option} table>"), table.num_rows)], f"the {option} table"
+
+
+def _feature_columns(table: pa.Table, names: Sequence[str], shards, text_columns: Sequence[str]) -> Features:
+    columns = {}
+    for name in names:
+        values = tabular.feature_column(table.column(name), name)
+        row = None if name in text_columns else tabular.mixed_text_row(values)
+        if row is not None:
+            raise DataError(
+                f"column {name!r} mixes numbers and text: {tabular.locate_row(row, shards)} has "
+                f"{str(values[row])!r} where most values are numbers; fix the value, or list the column in "
+                "text_columns if it is text.")
+        columns[name] = values
+    return columns
+
+
+def _check_unique_ids(column: np.ndarray, codes: np.ndarray, option: str, where: str, shards) -> None:
+    counts = np.bincount(codes)
+    if (counts > 1).any():
+        repeated = int(np.flatnonzero(counts > 1)[0])
+        rows = np.flatnonzero(codes == repeated)
+        raise DataError(f"{where} holds id {str(column[rows[0]])!r} twice ({tabular.locate_row(rows[0], shards)} "
+                        f"and {tabular.locate_row(rows[1], shards)}); give each {option[:-1]} one row.")
+
+
+def _rows_of(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
+    """Each id's row in ``table_ids`` (whose ids are unique), or -1."""
+    order = np.argsort(table_ids, kind="stable")
+    positions = np.clip(np.searchsorted(table_ids[order], ids), 0, len(order) - 1)
+    rows = order[positions]
+    return np.where(table_ids[rows] == ids, rows, -1)
+
+
+def count_duplicate_rows(columns: Sequence[np.ndarray]) -> int:
+    """How many rows equal an earlier row in every one of ``columns``."""
+    if not columns or len(columns[0]) < 2:
+        return 0
+    order = np.lexsort(columns[::-1])
+    same = np.ones(len(order) - 1, dtype=bool)
+    for column in columns:
+        ordered = column[order]
+        same &= ordered[1:] == ordered[:-1]
+    return int(same.sum())
+
+
+# Splits ---------------------------------------------------------------------------------------
+
+
+def _split_rows(split: str, num_rows: int, options: Mapping[str, Any], query_codes: np.ndarray,
+                times: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, test, validation) row indices; raises DataError if train or test is empty."""
+    if split == "random":
+        train, test = seed_split(num_rows, 1.0 - options["test"], options["seed"])
+        num_validation = int(round(num_rows * options["validation"]))
+        validation = train[len(train) - num_validation:] if num_validation else train[:0]
+        train = train[: len(train) - num_validation]
+    elif split == "temporal":
+        train, test, validation = _temporal(times, options["test"], options["validation"])
+    else:
+        train, test = _leave_last(query_codes, times, options["leave_last"])
+        validation = train[:0]
+    for part, rows in (("test", test), ("train", train)):
+        if len(rows) == 0:
+            raise DataError(
+                f"split = \"{split}\" leaves no {part} rows out of {num_rows}; "
+                + ("each query needs more than leave_last interactions." if split == "leave-last" else
+                   "the timestamps span no time to cut; use split = \"random\"." if split == "temporal" else
+                   "use more rows or another test_fraction."))
+    return train.astype(np.int64), test.astype(np.int64), validation.astype(np.int64)
+
+
+def _temporal(times: np.ndarray, test_fraction: float, validation_fraction: float):
+    """Global cutoffs: the last ``test_fraction`` of the time span is test, the validation span before it."""
+    first, last = times.min(), times.max()
+    span = float(last) - float(first)
+    test_cut = float(last) - test_fraction * span
+    validation_cut = test_cut - validation_fraction * span
+    is_test = times > test_cut
+    is_validation = (times > validation_cut) & ~is_test
+    return np.flatnonzero(~is_test & ~is_validation), np.flatnonzero(is_test), np.flatnonzero(is_validation)
+
+
+def _leave_last(query_codes: np.ndarray, times: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's last ``count`` interactions by time (ties: later row last) are test.
+
+    Queries with ``count`` or fewer interactions stay wholly in train, so every
+    test query has training history.
+    """
+    rows = np.arange(len(query_codes))
+    order = np.lexsort((rows, times, query_codes))
+    sizes = np.bincount(query_codes)
+    starts = np.cumsum(sizes) - sizes
+    sorted_codes = query_codes[order]
+    position = np.arange(len(order)) - starts[sorted_codes]
+    from_end = sizes[sorted_codes] - 1 - position
+    is_test = np.zeros(len(order), dtype=bool)
+    is_test[order] = (from_end < count) & (sizes[sorted_codes] > count)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
