@@ -77,3 +77,8 @@ def register_datasets(register):
         "towerkit.datasets.synthetic:SyntheticDataset",
         description="Generated users, items and interactions with latent structure.",
     )
+    register(
+        "interactions",
+        "towerkit.datasets.interactions:InteractionsDataset",
+        description="Your own interaction log (CSV/TSV/Parquet/JSON Lines), split random, temporal or leave-last.",
+    )
