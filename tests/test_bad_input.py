@@ -107,8 +107,8 @@ API_CASES = {
     "set too deep": (lambda: recipe_config.parse_override("a.b.c=1"), "must name section.key"),
     "unknown recipe": (lambda: recipe_config.load_recipe("retreival"), "did you mean 'retrieval'"),
     "missing recipe file": (lambda: recipe_config.load_recipe("nowhere/recipe.toml"), "cannot read recipe file"),
-    "zip slip": (lambda: fetch._grouplens_files(make_zip({"../../etc/x": "1", "ml-100k/u.data": "1"})), "unsafe path"),
-    "not a zip": (lambda: fetch._grouplens_files(b"PK but not really"), "not a valid zip"),
+    "zip slip": (lambda: fetch.grouplens_files_from_zip(make_zip({"../../etc/x": "1", "ml-100k/u.data": "1"})), "unsafe path"),
+    "not a zip": (lambda: fetch.grouplens_files_from_zip(b"PK but not really"), "not a valid zip"),
     "recbole wrong column count": (
         lambda: fetch.recbole_to_grouplens({"ml-100k.inter": b"h\n1\t2\n", "ml-100k.item": b"h\n", "ml-100k.user": b"h\n"}),
         "has 2 columns, expected 4"),

@@ -11,7 +11,7 @@ from towerkit.datasets.base import seed_split
 from towerkit.datasets.movielens import TFDS_GENRES
 from towerkit.errors import ConfigError, DataError
 
-from conftest import make_zip
+from conftest import make_zip, run_python
 
 TFDS_RATING_KEYS = {
     "bucketized_user_age", "movie_genres", "movie_id", "movie_title", "raw_user_age", "timestamp",
@@ -85,7 +85,7 @@ def _recbole_files():
 
 def test_recbole_conversion_gives_grouplens_layout(tmp_path):
     files = fetch.recbole_to_grouplens(_recbole_files())
-    fetch.write_atomically(tmp_path / "ml-100k", files)
+    fetch.install_files(tmp_path / "ml-100k", files)
     data = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path), source="files")
     assert sorted(data.candidate_ids) == ["Misérables, Les (1995)", "unknown"]
     assert [TFDS_GENRES[g] for g in data.candidate_features["movie_genres"][0]] == ["Drama", "Musical"]
@@ -104,12 +104,12 @@ def test_recbole_conversion_rejects_wrong_column_count():
 
 def test_zip_slip_paths_are_refused():
     with pytest.raises(DataError, match="unsafe path"):
-        fetch._grouplens_files(make_zip({"ml-100k/u.data": "x", "../../evil.txt": "x"}))
+        fetch.grouplens_files_from_zip(make_zip({"ml-100k/u.data": "x", "../../evil.txt": "x"}))
 
 
 def test_zip_without_the_files_is_refused():
     with pytest.raises(DataError, match="lacks"):
-        fetch._grouplens_files(make_zip({"ml-100k/u.data": "x"}))
+        fetch.grouplens_files_from_zip(make_zip({"ml-100k/u.data": "x"}))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -138,20 +138,22 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_write_keeps_no_partial_directory(tmp_path, monkeypatch):
-    real_open = open
-    calls = {"n": 0}
-
-    def failing_open(path, mode="r", *args, **kwargs):
-        if "w" in mode and str(path).startswith(str(tmp_path)):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError(28, "No space left on device")
-        return real_open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", failing_open)
-    with pytest.raises(OSError):
-        fetch.write_atomically(tmp_path / "ml-100k", {"u.data": b"1", "u.item": b"2", "u.user": b"3"})
+def test_a_write_that_fails_midway_keeps_no_partial_directory(tmp_path):
+    # A real write failure: the file size limit (RLIMIT_FSIZE) stops the second file, as a full disk would.
+    code = f"""
+import resource, signal
+from pathlib import Path
+from towerkit.datasets import fetch
+from towerkit.errors import TowerkitError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    fetch.install_files(Path({str(tmp_path / 'ml-100k')!r}), {{"u.data": b"1" * 10, "u.item": b"2" * 9000, "u.user": b"3"}})
+except TowerkitError as exc:
+    print("refused:", exc)
+"""
+    result = run_python(code, timeout=120)
+    assert "refused:" in result.stdout and "File too large" in result.stdout, result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""Fetching MovieLens-100K into towerkit's data dir, verified and atomic.
+"""Fetching MovieLens-100K into towerkit's data dir, verified, without touching the user's files.
 
 Two sources, tried in order:
 
@@ -8,17 +8,27 @@ Two sources, tried in order:
    pip's configured index (``pip download recbole==1.2.1 --no-deps``). Its
    files are verified by sha256 and converted to the GroupLens layout.
 
-Everything is written to a temporary sibling directory and renamed into place
-only after verification, so an interrupted fetch leaves nothing that a later
-run would trust.
+Before anything is downloaded, the data directory is checked: it must be a
+directory (or creatable as one) and writable, and any GroupLens file already
+there that towerkit did not write must be valid, since towerkit will keep it.
+Only ``u.data``, ``u.item`` and ``u.user`` are ever written, each atomically
+through :func:`towerkit.files.write_file`; nothing else in the directory is
+touched. A directory towerkit creates carries a ``data`` marker, so a later
+fetch may rewrite its files.
+
+``pip download`` runs in its own process group and dies with towerkit, even on
+SIGKILL; its temporary ``towerkit-pip-*`` directory, left behind only by a
+killed fetch, is removed by the next fetch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,11 +37,15 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from towerkit.files import MARKER, is_locked, mark, marker_kind, run_lock, write_file
+from towerkit.datasets.grouplens import GROUPLENS_FILES, GROUPLENS_GENRES, DamagedFileError, check_file
 from towerkit.errors import DataError
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_SHA256 = "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"
-GROUPLENS_FILES = ("u.data", "u.item", "u.user")
+DATA_KIND = "data"  # files.mark kind of a data directory towerkit created
+PIP_DIR_PREFIX = "towerkit-pip-"
+PIP_DIR_KIND = "pip-download"
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -41,13 +55,6 @@ RECBOLE_FILES = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
-
-# GroupLens u.item genre flag order.
-GROUPLENS_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)
 
 Progress = Callable[[str], None]
 
@@ -65,7 +72,104 @@ def movielens_dir(data_dir: Path | str | None = None) -> Path:
 
 
 def has_grouplens_files(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in GROUPLENS_FILES)
+    """Whether u.data, u.item and u.user are all regular files in ``directory``.
+
+    Raises:
+        DataError: ``directory`` cannot be searched (no permission).
+    """
+    try:
+        return all((Path(directory) / name).is_file() for name in GROUPLENS_FILES)
+    except OSError as exc:
+        raise DataError(f"cannot read {directory} ({exc.strerror or exc}); make it readable or set TOWERKIT_DATA.") from None
+
+
+def _remedy(data_dir: Path | str | None) -> str:
+    """What the user should change when the data directory is unusable, by how they chose it."""
+    if data_dir:
+        return "choose a writable data directory"
+    if os.environ.get("TOWERKIT_DATA"):
+        return "point TOWERKIT_DATA at a writable directory"
+    return "set TOWERKIT_DATA to a writable directory (the default lies under $XDG_CACHE_HOME or $HOME)"
+
+
+def check_target(target: Path, data_dir: Path | str | None = None) -> None:
+    """Fails, before any download, when ``target`` cannot become towerkit's MovieLens directory.
+
+    Every existing part of the path must be a directory, the nearest existing
+    one writable, and each GroupLens file already in an unmarked ``target``
+    valid, since towerkit will keep it rather than overwrite it.
+
+    Raises:
+        DataError: One sentence naming the path and what to do.
+    """
+    remedy = _remedy(data_dir)
+    try:
+        existing = next(path for path in (target, *target.parents) if path.exists())
+        if not existing.is_dir():
+            raise DataError(
+                f"{existing} is a file, not a directory, so MovieLens cannot be stored in {target}; "
+                f"{remedy}."
+            )
+        with tempfile.TemporaryFile(dir=existing):
+            pass  # proves we may create files there, where os.access cannot (root, read-only mounts)
+        if existing == target:
+            _check_existing_files(target)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write MovieLens to {target} ({exc.strerror or exc}); {remedy}."
+        ) from None
+
+
+def _check_existing_files(target: Path) -> None:
+    ours = marker_kind(target) == DATA_KIND
+    for name in GROUPLENS_FILES:
+        path = target / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_file():
+            raise DataError(f"{path} is not a regular file, so towerkit cannot write {name} there; move it away and run again.")
+        if ours:
+            continue  # towerkit wrote it and will rewrite it
+        try:
+            check_file(path)
+        except DamagedFileError as exc:
+            where = f"line {exc.line}: " if exc.line else ""
+            raise DataError(
+                f"{path} is not a valid GroupLens {name} ({where}{exc.problem}) and towerkit did not write it, "
+                "so it will not overwrite it; move it away and run again."
+            ) from None
+
+
+def install_files(target: Path, contents: dict[str, bytes]) -> None:
+    """Writes GroupLens files into ``target``, touching nothing else in it.
+
+    A ``target`` towerkit creates is marked as its own, so all three files are
+    written; in a directory the user made, files already there (checked by
+    :func:`check_target`) are kept and only the missing ones written.
+    """
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if created:
+            mark(target, DATA_KIND)
+    except OSError as exc:
+        raise DataError(f"cannot create {target} ({exc.strerror or exc}); choose a writable data directory.") from None
+    ours = marker_kind(target) == DATA_KIND
+    written = []
+    try:
+        for name in GROUPLENS_FILES:
+            path = target / name
+            if ours or not path.exists():
+                write_file(path, contents[name])
+                written.append(path)
+    except BaseException:
+        if created:  # leave no half-filled directory of ours behind
+            for path in [*written, target / MARKER]:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise
 
 
 def sha256_of(data: bytes) -> str:
@@ -96,31 +200,35 @@ def fetch_movielens_100k(
     """
     say = progress or (lambda message: None)
     target = movielens_dir(data_dir)
+    remove_stale_pip_dirs()
     if has_grouplens_files(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_target(target, data_dir)
     errors = []
     for source in sources:
         try:
-            if source == "grouplens":
-                say(f"towerkit: fetching {GROUPLENS_URL} ...")
-                files = _grouplens_files(_download(GROUPLENS_URL, grouplens_timeout, say))
-            elif source == "recbole":
-                say(f"towerkit: fetching MovieLens-100K from the {RECBOLE_REQUIREMENT} wheel via pip ...")
-                files = recbole_to_grouplens(_recbole_members(_pip_download_recbole(progress is not None)))
-            else:
-                raise DataError(f"unknown source '{source}'; sources are grouplens and recbole.")
+            contents = _fetch_from(source, grouplens_timeout, say, progress is not None)
         except (DataError, OSError) as exc:
             errors.append(f"{source}: {exc}")
             say(f"towerkit: {source} failed ({exc})")
             continue
-        write_atomically(target, files)
+        install_files(target, contents)
         say(f"towerkit: MovieLens-100K ready in {target}")
         return target
     raise DataError(
         "could not fetch MovieLens-100K (" + "; ".join(errors) + f"); place u.data, u.item and "
         f"u.user from ml-100k.zip in {target} and run again."
     )
+
+
+def _fetch_from(source: str, grouplens_timeout: float, say: Progress, show_progress: bool) -> dict[str, bytes]:
+    if source == "grouplens":
+        say(f"towerkit: fetching {GROUPLENS_URL} ...")
+        return grouplens_files_from_zip(_download(GROUPLENS_URL, grouplens_timeout, say))
+    if source == "recbole":
+        say(f"towerkit: fetching MovieLens-100K from the {RECBOLE_REQUIREMENT} wheel via pip ...")
+        return recbole_to_grouplens(_recbole_members(_pip_download_recbole(show_progress)))
+    raise DataError(f"unknown source '{source}'; sources are grouplens and recbole.")
 
 
 def _download(url: str, timeout: float, say: Progress) -> bytes:
@@ -149,7 +257,7 @@ def _safe_member(name: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def _grouplens_files(zip_bytes: bytes) -> dict[str, bytes]:
+def grouplens_files_from_zip(zip_bytes: bytes) -> dict[str, bytes]:
     """Reads u.data, u.item and u.user out of ml-100k.zip, refusing unsafe paths."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(zip_bytes))
@@ -177,21 +285,91 @@ def _progress_stream() -> Any:
         return subprocess.DEVNULL
 
 
-def _pip_download_recbole(show_progress: bool) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="towerkit-pip-") as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", RECBOLE_REQUIREMENT,
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
-        ]
-        if not show_progress:
-            command.append("-q")
+# Run as `python -c PIP_LAUNCHER PARENT_PID pip-args...`: asks the kernel to SIGKILL
+# pip when towerkit dies (even by SIGKILL), then becomes pip. Done in a launcher
+# rather than a preexec_fn, which is unsafe in a process with TensorFlow's threads.
+PIP_LAUNCHER = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # towerkit died before the death signal was armed
+os.execv(sys.executable, [sys.executable, "-m", "pip", *sys.argv[2:]])
+"""
+
+
+def remove_stale_pip_dirs(temp_root: str | os.PathLike | None = None) -> list[Path]:
+    """Removes ``towerkit-pip-*`` directories that a killed fetch left in the temp dir.
+
+    Only directories towerkit made (marked, owned by this user) whose fetch is
+    over (their lock is free) are removed.
+
+    Returns:
+        The directories removed.
+    """
+    root = Path(temp_root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = list(root.glob(PIP_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for path in candidates:
         try:
-            subprocess.run(command, check=True, timeout=600, text=True, stderr=subprocess.PIPE,
-                           stdout=_progress_stream() if show_progress else subprocess.DEVNULL)
-        except subprocess.CalledProcessError as exc:
-            raise DataError(f"pip download failed: {exc.stderr.strip()[-300:]}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise DataError("pip download timed out after 600 s") from exc
+            stale = (
+                path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+                and marker_kind(path) == PIP_DIR_KIND and not is_locked(path)
+            )
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def _pip_dir() -> Any:
+    """A marked, locked temporary directory for pip, named after this process."""
+    path = Path(tempfile.mkdtemp(prefix=f"{PIP_DIR_PREFIX}{os.getpid()}-"))
+    try:
+        # Locked before it is marked, so no other fetch ever sees it marked and unlocked while in use.
+        with run_lock(path, "towerkit data fetch"):
+            mark(path, PIP_DIR_KIND)
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_pip(arguments: list[str], show_progress: bool, timeout: float) -> None:
+    """Runs pip in its own process group, which dies with towerkit on any exit path."""
+    command = [sys.executable, "-c", PIP_LAUNCHER, str(os.getpid()), *arguments]
+    process = subprocess.Popen(
+        command, start_new_session=True, text=True, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=_progress_stream() if show_progress else subprocess.DEVNULL,
+    )
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"pip download timed out after {timeout:.0f} s") from None
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.returncode != 0:
+        tail = " ".join((stderr or "").split())[-300:]
+        raise DataError(f"pip download failed (exit {process.returncode}): {tail}")
+
+
+def _pip_download_recbole(show_progress: bool, timeout: float = 600) -> bytes:
+    with _pip_dir() as tmp:
+        arguments = [
+            "download", RECBOLE_REQUIREMENT, "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "-d", str(tmp),
+        ]
+        _run_pip(arguments if show_progress else [*arguments, "-q"], show_progress, timeout)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if not wheels:
             raise DataError("pip download produced no recbole wheel")
@@ -245,35 +423,3 @@ def recbole_to_grouplens(files: dict[str, bytes]) -> dict[str, bytes]:
         "u.item": u_item.encode("iso-8859-1"),
         "u.user": u_user.encode("ascii"),
     }
-
-
-def make_staging_dir(target: Path) -> Path:
-    """A hidden temporary sibling of ``target``, with the permissions ``mkdir`` would give it.
-
-    ``mkdtemp`` makes directories private (0700); the finished directory should
-    be readable like any other the user creates (e.g. by a serving process).
-    """
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    return staging
-
-
-def write_atomically(target: Path, files: dict[str, bytes]) -> None:
-    """Writes files into ``target`` through a temporary sibling and a rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = make_staging_dir(target)
-    try:
-        for name, data in files.items():
-            with open(staging / name, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from towerkit.datasets import fetch
+from towerkit.datasets import fetch, grouplens
 from towerkit.datasets.base import RetrievalDataset, seed_split
 from towerkit.errors import ConfigError, DataError
 
@@ -53,58 +53,58 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
-# File -> (separator, fields per line) of the GroupLens layout.
-GROUPLENS_LAYOUT = {"u.data": ("\t", 4), "u.item": ("|", 24), "u.user": ("|", 5)}
+def check_grouplens_layout(directory: Path) -> str:
+    """Checks every line and field of u.user, u.item and u.data, naming the first bad file and line.
 
+    tfds' parsers accept short rows, duplicate ids and out-of-range values
+    silently; this catches damaged or foreign files before they become wrong
+    data (see :mod:`towerkit.datasets.grouplens`).
 
-def check_grouplens_layout(directory: Path) -> None:
-    """Checks every line's field count and encoding, naming the first bad file and line.
-
-    tfds' parsers accept short rows silently; this catches truncated or foreign
-    files before they become wrong data.
+    Returns:
+        The encoding ``u.item`` is read in.
     """
-    for name, (separator, fields) in GROUPLENS_LAYOUT.items():
-        path = Path(directory) / name
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if name != "u.item":
-                    try:
-                        raw.decode("ascii")
-                    except UnicodeDecodeError:
-                        raise DataError(
-                            f"{path} line {number} is not ASCII, which GroupLens {name} always is; "
-                            "delete the file and run `towerkit data fetch movielens-100k`."
-                        ) from None
-                line = raw.decode("iso-8859-1").rstrip("\r\n")
-                if not line:
-                    continue
-                count = len(line.split(separator))
-                if count != fields:
-                    raise DataError(
-                        f"{path} line {number} is malformed: {count} fields where GroupLens has {fields}; "
-                        "delete the file and run `towerkit data fetch movielens-100k`."
-                    )
+    return grouplens.check_directory(directory)
+
+
+def _utf8_titles(rows: list[dict[str, Any]]) -> None:
+    """Re-decodes titles that tfds read as ISO-8859-1 from a UTF-8 u.item.
+
+    ISO-8859-1 maps each byte to one character, so encoding a title back gives
+    its original bytes; '|' never occurs inside a UTF-8 sequence, so each title
+    is whole UTF-8 by itself.
+    """
+    fixed: dict[str, str] = {}
+    for row in rows:
+        title = row["movie_title"]
+        if title not in fixed:
+            fixed[title] = title.encode("iso-8859-1").decode("utf-8")
+        row["movie_title"] = fixed[title]
 
 
 def parse_grouplens(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Parses u.data, u.item and u.user with tfds' own MovieLens parsers.
+    """Checks u.data, u.item and u.user, then parses them with tfds' own MovieLens parsers.
 
     Raises:
-        DataError: A file is malformed; the message names the file.
+        DataError: A file is unreadable or damaged; the message names the file and line.
     """
+    import tensorflow as tf
     from tensorflow_datasets.structured import movielens_parsing
 
-    check_grouplens_layout(directory)
+    encoding = check_grouplens_layout(directory)
     try:
         ratings = [row for _, row in movielens_parsing.parse_100k_ratings_data(str(directory))]
         movies = [row for _, row in movielens_parsing.parse_100k_movies_data(str(directory))]
-    except (ValueError, KeyError, IndexError) as exc:
+    except (OSError, tf.errors.OpError, ValueError, KeyError, IndexError) as exc:
+        # The files changed between the check and the parse (or tfds changed).
         raise DataError(
             f"the MovieLens files in {directory} are malformed ({type(exc).__name__}: {exc}); "
             f"delete the directory and run `towerkit data fetch movielens-100k`."
         ) from exc
     if not ratings or not movies:
         raise DataError(f"the MovieLens files in {directory} are empty; delete them and fetch again.")
+    if encoding == "utf-8":
+        _utf8_titles(ratings)
+        _utf8_titles(movies)
     return _columns(ratings), _columns(movies)
 
 
@@ -114,7 +114,11 @@ def load_tfds(data_dir: str | None) -> tuple[dict[str, np.ndarray], dict[str, np
     It never downloads: a missing tfds copy falls through to the next source.
     """
     root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
-    if not (root / "movielens" / "100k-ratings").is_dir() or not (root / "movielens" / "100k-movies").is_dir():
+    try:
+        prepared = all((root / "movielens" / name).is_dir() for name in ("100k-ratings", "100k-movies"))
+    except OSError:  # e.g. an unreadable home directory: tfds has nothing here for us
+        return None
+    if not prepared:
         return None  # not prepared; importing tfds just to learn that costs seconds and logs warnings
     import tensorflow_datasets as tfds
 
