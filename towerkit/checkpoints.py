@@ -1,19 +1,120 @@
-"""Epoch checkpoints, so a killed training run resumes where it stopped."""
+"""Epoch checkpoints that know which run they belong to, so a killed run resumes exactly.
+
+Each run directory's ``checkpoints/identity.json`` holds a hash of the parts
+of the resolved recipe that decide the trained weights. A fresh run refuses a
+directory whose checkpoints came from another configuration, and ``--resume``
+refuses checkpoints whose configuration differs from ``config.toml`` (after a
+hand edit, say). A damaged checkpoint (truncated, bit-flipped) is detected on
+restore; the previous intact one is used instead, with a warning.
+"""
 
 from __future__ import annotations
 
 import csv
-import os
+import hashlib
+import io
+import json
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 
+from towerkit import files
 from towerkit.errors import TowerkitError
 
 CHECKPOINT_DIR = "checkpoints"
+IDENTITY_FILE = "identity.json"
+# Sections that decide the trained weights; evaluation, index and export do not.
+WEIGHT_SECTIONS = ("dataset", "query_tower", "candidate_tower", "task", "model", "optimizer", "train")
 # Writes in a background thread, so training does not wait on the disk.
 ASYNC = tf.train.CheckpointOptions(enable_async=True)
+
+
+class CheckpointError(TowerkitError):
+    """Checkpoints are missing, damaged, or belong to another configuration."""
+
+
+def config_identity(config: Mapping[str, Any]) -> str:
+    """A hash of what decides a run's weights (the epoch count aside, so a run may be extended)."""
+    relevant = {section: dict(config[section]) for section in WEIGHT_SECTIONS if section in config}
+    relevant.get("train", {}).pop("epochs", None)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def recorded_identity(run_dir: Path) -> str | None:
+    """The identity stored beside a run's checkpoints, or None if it has none (or it is unreadable)."""
+    try:
+        value = json.loads((Path(run_dir) / CHECKPOINT_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
+        return value["config_sha256"] if isinstance(value, dict) else None
+    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+        return None
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    return tf.train.latest_checkpoint(str(Path(run_dir) / CHECKPOINT_DIR)) is not None
+
+
+def check_identity(run_dir: Path, config: Mapping[str, Any], resume: bool) -> None:
+    """Refuses checkpoints in ``run_dir`` that another configuration wrote."""
+    if not has_checkpoints(run_dir):
+        return
+    recorded = recorded_identity(run_dir)
+    if recorded == config_identity(config) or (resume and recorded is None):
+        return  # (no identity: written before identities were recorded; its config.toml is all we have)
+    if resume:
+        raise CheckpointError(
+            f"the checkpoints in {run_dir} were written under a different configuration than its "
+            "config.toml (edited since?); restore the original config.toml, or train afresh into a new directory."
+        )
+    raise CheckpointError(
+        f"{run_dir} holds checkpoints of another configuration; train into a new --output, "
+        "or pass --force to move the old checkpoints aside."
+    )
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Renames a run's old checkpoints to ``checkpoints.old-N`` (they are towerkit's own), keeping them."""
+    source = Path(run_dir) / CHECKPOINT_DIR
+    number = 1
+    while (target := source.with_name(f"{CHECKPOINT_DIR}.old-{number}")).exists():
+        number += 1
+    source.rename(target)
+    return target
+
+
+def verify(prefix: str) -> None:
+    """Reads every tensor of a checkpoint, which checks its checksums; raises CheckpointError if damaged."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {prefix} is damaged ({type(exc).__name__})") from exc
+
+
+def restore_latest_intact(checkpoint: tf.train.Checkpoint, directory: Path, say: Callable[[str], None]) -> Any:
+    """Restores the newest checkpoint that reads back intact; warns for each damaged one skipped.
+
+    Returns:
+        The restore status.
+
+    Raises:
+        CheckpointError: There is no checkpoint, or none is intact.
+    """
+    state = tf.train.get_checkpoint_state(str(directory))
+    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+    if not candidates:
+        raise CheckpointError(f"{directory.parent} has no checkpoint; train it (again) with `towerkit train`.")
+    for prefix in candidates:
+        try:
+            verify(prefix)
+            return checkpoint.restore(prefix)
+        except CheckpointError as exc:
+            say(f"towerkit: warning: {exc}; trying the previous checkpoint.")
+    raise CheckpointError(
+        f"every checkpoint in {directory} is damaged; train the run again without --resume."
+    )
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
@@ -31,26 +132,53 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         done = epoch + 1
         if done % self.every == 0 or done == self.epochs:
             self.epoch.assign(done)
-            self.manager.save(checkpoint_number=done, options=ASYNC)
+            try:
+                self.manager.save(checkpoint_number=done, options=ASYNC)
+            except (tf.errors.OpError, OSError) as exc:
+                raise CheckpointError(
+                    f"saving the checkpoint after epoch {done} to {self.manager.directory} failed "
+                    f"({getattr(exc, 'message', exc)}); free some disk space and resume with --resume."
+                ) from exc
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        try:
+            self.manager.checkpoint.sync()
+        except (tf.errors.OpError, OSError) as exc:
+            raise CheckpointError(
+                f"writing the last checkpoint to {self.manager.directory} failed ({getattr(exc, 'message', exc)}); "
+                "free some disk space and resume with --resume."
+            ) from exc
 
 
-def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool) -> tuple[EpochCheckpoint, int]:
+def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool, identity: str,
+                  say: Callable[[str], None] = print) -> tuple[EpochCheckpoint, int]:
     """Returns a callback that checkpoints the run, and the epoch to start from.
 
-    With ``resume``, the latest checkpoint in ``output`` is restored first.
+    With ``resume``, the latest intact checkpoint in ``output`` is restored first.
+    A fresh run starts from an empty checkpoint directory stamped with ``identity``.
     """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
-    manager = tf.train.CheckpointManager(checkpoint, str(output / CHECKPOINT_DIR), max_to_keep=2)
+    directory = output / CHECKPOINT_DIR
+    if not resume and directory.exists():
+        shutil.rmtree(directory)  # this run's own earlier checkpoints (identity checked before)
+    directory.mkdir(parents=True, exist_ok=True)
+    files.write_json(directory / IDENTITY_FILE, {"config_sha256": identity})
+    manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=3)
     start = 0
     if resume:
-        if manager.latest_checkpoint is None:
-            raise TowerkitError(
-                f"{output} has no checkpoint to resume from; train it again without --resume."
-            )
-        checkpoint.restore(manager.latest_checkpoint)
+        restore_latest_intact(checkpoint, directory, say)
         start = int(epoch.numpy())
     return EpochCheckpoint(manager, epoch, every, epochs), start
+
+
+def restore_for_inference(model: Any, run_dir: Path, say: Callable[[str], None]) -> int:
+    """Restores a run's trained weights (no optimizer) and returns the epochs trained."""
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, epoch=epoch)
+    # The optimizer's slots are in the checkpoint too; they are not needed here.
+    restore_latest_intact(checkpoint, Path(run_dir) / CHECKPOINT_DIR, say).expect_partial()
+    return int(epoch.numpy())
 
 
 def trim_history(path: Path, epochs_done: int) -> None:
@@ -61,8 +189,14 @@ def trim_history(path: Path, epochs_done: int) -> None:
         rows = list(csv.reader(handle))
     if not rows:
         return
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epochs_done]
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(kept)
-    os.replace(staging, path)
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(kept)
+    files.write_file(path, buffer.getvalue())
+
+
+def discard_history(path: Path) -> None:
+    """Removes a fresh run's stale history.csv (a file of this towerkit run directory)."""
+    if path.is_file():
+        path.unlink()
+

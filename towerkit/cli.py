@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 DEFAULT_RECIPE = "retrieval"
@@ -63,8 +64,10 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The resolved recipe and output dir of a train command (a new run, or the one to resume)."""
     from towerkit import config as recipe_config
+    from towerkit.runs import load_run_config
 
     if args.recipe_option:
         if args.recipe and args.recipe != args.recipe_option:
@@ -73,78 +76,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint_every <= 0:
         raise UserError(f"--checkpoint-every must be a positive integer, got {args.checkpoint_every}.")
     if args.resume:
-        if args.recipe is not None or args.set:
-            raise UserError("--resume continues a run exactly as it was configured; drop the recipe and --set.")
-        saved = os.path.join(args.resume, "config.toml")
-        if not os.path.isfile(saved):
-            raise UserError(f"{args.resume} has no config.toml, so it is not a towerkit run to resume.")
-        raw, origin = recipe_config.load_recipe(saved)
-        output = args.resume
-    else:
-        raw, origin = recipe_config.load_recipe(args.recipe or DEFAULT_RECIPE)
-        overrides = list(args.set or []) + ([f'train.strategy="{args.strategy}"'] if args.strategy else [])
-        raw = recipe_config.apply_overrides(raw, overrides)
-        origin += " with --set" if overrides else ""
-    resolved = recipe_config.resolve(raw, origin)
+        if args.recipe is not None or args.set or args.force:
+            raise UserError("--resume continues a run exactly as it was configured; drop the recipe, --set and --force.")
+        return load_run_config(Path(args.resume)), args.resume
+    raw, origin = recipe_config.load_recipe(args.recipe or DEFAULT_RECIPE)
+    overrides = list(args.set or []) + ([f'train.strategy="{args.strategy}"'] if args.strategy else [])
+    raw = recipe_config.apply_overrides(raw, overrides)
+    resolved = recipe_config.resolve(raw, origin + (" with --set" if overrides else ""))
     if not resolved["recipe"]["name"]:
         resolved["recipe"]["name"] = os.path.splitext(os.path.basename(args.recipe))[0]
-    if not args.resume:
-        output = args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
+    return resolved, args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config, output = _train_config(args)
     from towerkit import pipeline
-    from towerkit.evaluation import show_progress
+    from towerkit.embedding import show_progress
 
     show_progress(not args.json)
     log = (lambda message: None) if args.json else (lambda message: print(message, flush=True))
     # Keras redraws its progress bar in place, which only reads well on a terminal.
     verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)
-    result = pipeline.run(resolved, output, log=log, verbose=verbose, resume=bool(args.resume),
+    result = pipeline.run(config, output, log=log, verbose=verbose, resume=bool(args.resume), force=args.force,
                           checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard)
     if args.json:
         _print_json(result.metrics)
     else:
-        print(f"done in {result.metrics['timing']['total_seconds']:.1f}s; reports in {result.output_dir}")
+        print(f"done in {result.metrics['timing']['total_seconds']:.1f}s; reports in {result.output}")
     return 0
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from towerkit.evaluation import BASELINES, evaluate_topk
+    from towerkit.pipeline import stage_evaluate
     from towerkit.runs import open_run
 
-    run = open_run(args.model)
-    evaluation = run.config["evaluate"]
-    ks, exclude = evaluation["ks"], evaluation["exclude_train"]
-    results = {"model": evaluate_topk(run.model, run.data, ks, exclude, evaluation["batch_size"])}
-    for name in getattr(run.data, "baselines", ("popularity",)):
-        results[name] = BASELINES[name](run.data, ks, exclude)
+    run = open_run(args.model, _stderr)
+    if not args.json:
+        print(f"{run.output}: {run.config['recipe']['name']}, {run.epochs_trained} epochs trained")
+        run.options.log = print
+    stage_evaluate(run)
     if args.json:
-        _print_json({"epochs_trained": run.epochs_trained, **results})
-        return 0
-    print(f"{run.path}: {run.config['recipe']['name']}, {run.epochs_trained} epochs trained")
-    for prefix, title in (("", "exact test top-k"), ("excl_", "excluding each user's training items")):
-        if prefix and not exclude:
-            continue
-        print(title + ":")
-        for name, values in results.items():
-            print(f"  {name:<13}" + "  ".join(f"top-{k} {values[f'{prefix}top_{k}']:.4f}" for k in ks))
+        _print_json({"epochs_trained": run.epochs_trained, "test": run.metrics["test"]})
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from towerkit import pipeline
-    from towerkit.export import save_export
+    from towerkit import config as recipe_config
+    from towerkit.pipeline import stage_export, stage_index
     from towerkit.runs import open_run
 
-    run = open_run(args.model, args.set or [])
-    index = pipeline.build_index(run.model, run.data, run.config["index"])
-    target = args.output or os.path.join(args.model, "model")
-    keys = list(run.model.query_tower.feature_keys)
-    metrics = {"recipe": run.config["recipe"]["name"], "dataset": run.data.describe()}
-    save_export(index, target, query_feature_keys=keys,
-                metadata=pipeline.export_metadata(run.config, run.model, metrics),
-                extra_files=pipeline.serving_files(run.data, run.model),
-                query_specs=pipeline.query_specs(run.data, keys))
-    print(f"exported {run.config['index']['name']} index over {index.num_candidates:,} candidates to {target}")
+    overrides = args.set or []
+    recipe_config.check_export_overrides(overrides)
+    run = open_run(args.model, _stderr)
+    run.config = recipe_config.resolve(recipe_config.apply_overrides(run.config, overrides),
+                                       f"{args.model}/config.toml with --set")
+    run.options.log = _stderr
+    run.export_target = Path(args.output or os.path.join(args.model, "model"))
+    run.metrics.update(recipe=run.config["recipe"]["name"], dataset=run.data.describe())
+    run.config["export"]["enabled"] = True
+    stage_index(run)
+    stage_export(run)
+    print(f"exported {run.config['index']['name']} index over {run.index.num_candidates:,} candidates to {run.export_dir}")
     return 0
 
 
@@ -157,7 +153,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = [n for n in recipe_config.list_recipes() if _match(n, args.pattern)]
         rows = [{"name": n, "source": "towerkit"} for n in names]
     else:
-        registry = towerkit.registry(args.kind)
+        registry = towerkit.get_registry(args.kind)
         rows = [
             {"name": e.name, "aliases": list(e.aliases), "source": e.source, "version": e.version, "description": e.description}
             for e in registry.entries()
@@ -219,17 +215,26 @@ KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datase
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    if args.action == "fetch":
-        if args.name not in ("movielens-100k", "movielens"):
-            raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; generated datasets need no fetch.")
-        from towerkit.datasets import fetch
-
-        directory = fetch.fetch_movielens_100k(args.data_dir)
-        print(directory)
-        return 0
     import towerkit
 
-    info = towerkit.load_dataset(args.name, **({"data_dir": args.data_dir} if args.data_dir else {})).describe()
+    towerkit.get_registry("datasets").get(args.name)  # an unknown name: one error with suggestions
+    if args.action == "fetch":
+        dataset = towerkit.get_registry("datasets").get(args.name)
+        if dataset.name != "movielens-100k":
+            raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; other datasets need no fetch.")
+        from towerkit.datasets import fetch
+
+        print(fetch.fetch_movielens_100k(args.data_dir))
+        return 0
+    options = {}
+    if args.data_dir:
+        from towerkit.registry import accepted_options
+
+        accepted, takes_any = accepted_options(towerkit.get_registry("datasets").get(args.name).load())
+        if "data_dir" not in accepted and not takes_any:
+            raise UserError(f"dataset '{args.name}' reads no data dir, so --data-dir does not apply; drop it.")
+        options["data_dir"] = args.data_dir
+    info = towerkit.load_dataset(args.name, **options).describe()
     if args.json:
         _print_json(info)
     else:
@@ -238,36 +243,60 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_id(text: str) -> bytes:
+    """The id as the bytes the user typed: ids that are not UTF-8 reach the model unchanged."""
+    return os.fsencode(text)
+
+
+def _warn_if_unknown(export: Any, what: str, query: bytes) -> None:
+    from towerkit.export_format import QUERY_VOCABULARY_FILE
+
+    vocabulary = export.read_json(QUERY_VOCABULARY_FILE)
+    if vocabulary is not None and not isinstance(vocabulary, list):
+        raise UserError(f"{export.path / QUERY_VOCABULARY_FILE} is damaged (not a list of ids); export the model again.")
+    if vocabulary is not None and query.decode("utf-8", "replace") not in set(vocabulary):
+        # Documented behaviour: unknown ids share the out-of-vocabulary embedding.
+        shown = query.decode("utf-8", "backslashreplace")
+        _stderr(f"towerkit: warning: {what} {shown!r} is unknown to this model; answering from the "
+                "shared out-of-vocabulary embedding.")
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        print(f"{row['rank']:>3}. {row['id']}  ({row['score']:.3f})")
+
+
+def _ranked(ids: Any, scores: Any, k: int, skip: bytes | None = None) -> list[dict[str, Any]]:
+    pairs = [(i, float(s)) for i, s in zip(ids, scores) if i and i != skip]
+    if k > len(pairs):
+        raise UserError(f"-k {k} is more than the {len(pairs)} results this export returns; ask for at most {len(pairs)}.")
+    return [{"rank": n + 1, "id": i.decode("utf-8", "backslashreplace"), "score": s} for n, (i, s) in enumerate(pairs[:k])]
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from towerkit.export_format import QUERY_VOCABULARY_FILE, SEEN_FILE
+    from towerkit.export_format import SEEN_FILE
     from towerkit.serving import load_export
 
     export = load_export(args.model)
     keys = export.query_feature_keys
     if len(keys) != 1:
         raise UserError(f"this model reads {', '.join(keys)}; --user only feeds a single-feature query tower.")
-    vocabulary = export.read_json(QUERY_VOCABULARY_FILE)
-    if vocabulary is not None and args.user not in set(vocabulary):
-        # Documented behaviour: unknown ids share the out-of-vocabulary embedding.
-        print(f"towerkit: warning: {keys[0]} {args.user!r} is unknown to this model; answering from the "
-              "shared out-of-vocabulary embedding.", file=sys.stderr)
+    user = _query_id(args.user)
+    _warn_if_unknown(export, keys[0], user)
     exclusions = None
     if args.exclude_seen:
         seen = export.read_json(SEEN_FILE)
-        if seen is None:
-            raise UserError(f"{args.model} has no {SEEN_FILE}, so --exclude-seen cannot know what was seen; re-export it.")
-        exclusions = [seen.get(args.user, [])]
-    scores, ids = export.recommend({keys[0]: [args.user]}, exclusions)
-    available = scores.shape[1]
-    if args.k > available:
-        raise UserError(f"-k {args.k} is more than the {available} results this export returns; ask for at most {available}.")
-    rows = [{"rank": i + 1, "id": ids[0, i].decode("utf-8"), "score": float(scores[0, i])} for i in range(args.k)
-            if ids[0, i]]
-    if args.json:
-        _print_json(rows)
-    else:
-        for row in rows:
-            print(f"{row['rank']:>3}. {row['id']}  ({row['score']:.3f})")
+        if not isinstance(seen, dict):
+            raise UserError(f"{args.model} has no usable {SEEN_FILE}, so --exclude-seen cannot know what was seen; re-export it.")
+        items = seen.get(user.decode("utf-8", "replace"), [])
+        if not isinstance(items, list):
+            raise UserError(f"{args.model}/{SEEN_FILE} is damaged (not lists of ids); export the model again.")
+        exclusions = [[str(item) for item in items]]
+    scores, ids = export.recommend({keys[0]: [user]}, exclusions)
+    _print_rows(_ranked(ids[0], scores[0], args.k), args.json)
     return 0
 
 
@@ -276,25 +305,28 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
     export = load_export(args.model)
     keys = export.query_feature_keys
-    if len(keys) != 1:
-        raise UserError(f"this model reads {', '.join(keys)}; `similar` needs an item-to-item model with one query feature.")
-    scores, ids = export.recommend({keys[0]: [args.item]})
+    dataset = str(export.metadata.get("components", {}).get("dataset", {}).get("name", ""))
+    if len(keys) != 1 or not export.metadata.get("query_is_candidate", "item2item" in dataset):
+        raise UserError(f"{args.model} is not an item-to-item model (its queries are not candidates); "
+                        "train one with `towerkit train item-to-item` and pass its export.")
+    item = _query_id(args.item)
+    _warn_if_unknown(export, "item", item)
+    scores, ids = export.recommend({keys[0]: [item]})
     # The query item is itself a candidate; "more like this" never returns it.
-    rows = [(i.decode("utf-8"), float(s)) for i, s in zip(ids[0], scores[0]) if i.decode("utf-8") != args.item]
-    if args.k > len(rows):
-        raise UserError(f"-k {args.k} is more than the {len(rows)} results this export returns; ask for at most {len(rows)}.")
-    result = [{"rank": n + 1, "id": item, "score": score} for n, (item, score) in enumerate(rows[: args.k])]
-    if args.json:
-        _print_json(result)
-    else:
-        for row in result:
-            print(f"{row['rank']:>3}. {row['id']}  ({row['score']:.3f})")
+    _print_rows(_ranked(ids[0], scores[0], args.k, skip=item), args.json)
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``towerkit: error:`` line (exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"towerkit: error: {message}; see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="towerkit", description="Two-tower retrieval recommenders, assembled by name.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="towerkit", description="Two-tower retrieval recommenders, assembled by name.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -312,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                        help="save a checkpoint every N epochs (default 1)")
     train.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
+    train.add_argument("--force", action="store_true",
+                       help="move another configuration's checkpoints in OUTPUT aside instead of refusing")
     train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
                        help="tf.distribute strategy (overrides train.strategy)")
     train.set_defaults(func=cmd_train)
@@ -368,18 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_tensorflow()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) <= 0:
-        parser.exit(2, f"towerkit: error: -k must be a positive integer, got {args.k}.\n")
+def _run(args: argparse.Namespace) -> int:
     from towerkit.errors import TowerkitError
 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()
+            return code
     except (TowerkitError, UserError) as exc:
         message = str(exc).replace("\n", " ")
         print(f"towerkit: error: {message}", file=sys.stderr)
@@ -387,6 +418,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("towerkit: interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "k", 1) is not None and getattr(args, "k", 1) <= 0:
+        parser.exit(2, f"towerkit: error: -k must be a positive integer, got {args.k}.\n")
+    try:
+        return _run(args)
+    except OSError as exc:
+        # stdout itself failed (a full disk, a closed pipe): nothing more can be printed there.
+        _silence_stdout()
+        print(f"towerkit: error: writing the output failed ({exc.strerror or exc}); "
+              "check where standard output goes.", file=sys.stderr)
+        return 2
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

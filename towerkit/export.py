@@ -11,35 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from towerkit.datasets.fetch import make_staging_dir
+from towerkit import files
 from towerkit.errors import TowerkitError
 
-from towerkit.export_format import EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE  # noqa: F401
+from towerkit.export_format import (
+    EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE, QUERY_VOCABULARY_FILE, SEEN_FILE,
+)
 
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Moves a finished directory into place, keeping the old one until the new one is there."""
-    backup = None
-    if target.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(backup)
-        os.replace(target, backup)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, target)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+EXPORT_KIND = "export"
 
 
 def save_export(
@@ -65,49 +50,46 @@ def save_export(
         query_specs: The signature's input spec per query feature; strings by default.
     """
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = make_staging_dir(target)
-    except OSError as exc:
-        raise TowerkitError(f"cannot write the export to {target} ({exc}); choose a writable --output.") from exc
+    files.recover(target)
+    # Refuse before spending time on a SavedModel that could not be put in place.
+    files.check_replaceable(target, EXPORT_KIND, legacy_files=(METADATA_FILE,))
     specs = {key: (query_specs or {}).get(key, tf.TensorSpec([None], tf.string, name=key)) for key in query_feature_keys}
-    logger = tf.get_logger()
-    level = logger.level
-    try:
-        # Keras warns that TFRS' index layers have no get_config; SavedModel does not need one.
-        logger.setLevel("ERROR")
+    record = {
+        "format_version": FORMAT_VERSION,
+        "towerkit_version": _towerkit_version(),
+        "tensorflow_version": tf.__version__,
+        "query_feature_keys": list(query_feature_keys),
+        "query_feature_dtypes": {key: _spec_name(spec) for key, spec in specs.items()},
+        "index": index.parameters(),
+        **metadata,
+    }
+    with files.staging_dir(target, EXPORT_KIND) as staging:
         try:
-            if getattr(index, "saves_itself", False):
-                _save_query_model(index, staging, specs)
-                index.save(staging / EXTERNAL_INDEX_DIR)
-            else:
-                _save_index_model(index, staging, specs)
-        finally:
-            logger.setLevel(level)
-        record = {
-            "format_version": FORMAT_VERSION,
-            "towerkit_version": _towerkit_version(),
-            "tensorflow_version": tf.__version__,
-            "query_feature_keys": list(query_feature_keys),
-            "query_feature_dtypes": {key: _spec_name(spec) for key, spec in specs.items()},
-            "index": index.parameters(),
-            **metadata,
-        }
-        with open(staging / METADATA_FILE, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _save_model(index, staging, specs)
+        except OSError as exc:
+            raise TowerkitError(f"writing the export to {target} failed ({exc.strerror or exc}); "
+                                "the previous export, if any, is unchanged.") from exc
+        files.write_json(staging / METADATA_FILE, record)
         for name, data in (extra_files or {}).items():
-            (staging / name).write_bytes(data)
-        _replace_directory(staging, target)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise TowerkitError(f"writing the export to {target} failed ({exc}); the previous export, if any, is unchanged.") from exc
-        raise
+            files.write_file(staging / name, data)
+        files.replace_dir(staging, target, EXPORT_KIND, legacy_files=(METADATA_FILE,))
     return target
 
 
+def _save_model(index: Any, staging: Path, specs: dict[str, Any]) -> None:
+    """The SavedModel itself: the index's own, or the query tower's for an index that saves itself."""
+    logger = tf.get_logger()
+    level = logger.level
+    # Keras warns that TFRS' index layers have no get_config; SavedModel does not need one.
+    logger.setLevel("ERROR")
+    try:
+        if getattr(index, "saves_itself", False):
+            _save_query_model(index, staging, specs)
+            index.save(staging / EXTERNAL_INDEX_DIR)
+        else:
+            _save_index_model(index, staging, specs)
+    finally:
+        logger.setLevel(level)
 
 
 def _save_index_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]) -> None:
@@ -120,7 +102,7 @@ def _save_index_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]
 
     @tf.function(input_signature=[specs, tf.TensorSpec([None, None], tf.string, name="exclusions")])
     def serve_excluding(features, exclusions):
-        scores, ids = index.search_excluding(features, exclusions, index._k)
+        scores, ids = index.search_excluding(features, exclusions, index.k)
         return {"scores": scores, "ids": ids}
 
     is_scann = getattr(index, "backend", "") == "scann"
@@ -150,3 +132,73 @@ def _towerkit_version() -> str:
 def _spec_name(spec: Any) -> str:
     name = spec.dtype.name
     return f"ragged:{name}" if isinstance(spec, tf.RaggedTensorSpec) else name
+
+
+def query_specs(data: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The serving signature's input spec for each query feature, from the data's column types."""
+    specs = {}
+    for key in keys:
+        column = data.interactions[key]
+        if column.dtype == object:
+            specs[key] = tf.RaggedTensorSpec([None, None], tf.int64)
+        elif column.dtype.kind in "US":
+            specs[key] = tf.TensorSpec([None], tf.string, name=key)
+        else:
+            specs[key] = tf.TensorSpec([None], tf.as_dtype(column.dtype), name=key)
+    return specs
+
+
+def serving_files(data: Any, model: Any) -> dict[str, bytes]:
+    """What `recommend` needs beside the model: known query ids and each one's training items."""
+    queries = data.interactions[data.query_id_key][data.train_rows].tolist()
+    candidates = data.interactions[data.candidate_id_key][data.train_rows].tolist()
+    seen: dict[str, list[str]] = {}
+    for query, candidate in zip(queries, candidates):
+        seen.setdefault(str(query), []).append(str(candidate))
+    result = {SEEN_FILE: json.dumps(seen).encode("utf-8")}
+    vocabulary = getattr(model.query_tower, "vocabulary", None)
+    if vocabulary is not None:
+        result[QUERY_VOCABULARY_FILE] = json.dumps(list(vocabulary)).encode("utf-8")
+    return result
+
+
+def export_metadata(config: Mapping[str, Any], model: Any, data: Any, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What towerkit.json records about the run: recipe, components and their sources, sizes, metrics."""
+    from towerkit.components import get_registry
+    from towerkit.config import COMPONENT_SECTIONS
+
+    components = {}
+    for section, kind in COMPONENT_SECTIONS.items():
+        entry = get_registry(kind).get(config[section]["name"])
+        components[section] = {**config[section], "source": entry.source, "version": entry.version}
+    vocabulary_sizes = {}
+    for role in ("query_tower", "candidate_tower"):
+        tower = getattr(model, role)
+        if getattr(tower, "vocabulary", None) is not None:
+            vocabulary_sizes[role] = len(tower.vocabulary)
+    return {
+        "recipe": config["recipe"]["name"],
+        "components": components,
+        "vocabulary_sizes": vocabulary_sizes,
+        # `similar` answers only models whose query is itself a candidate (item-to-item).
+        "query_is_candidate": bool(getattr(data, "exclude_query_from_candidates", False)),
+        "metrics": dict(metrics),
+        "distributions": sorted({c["source"] for c in components.values()}),
+    }
+
+
+def example_query_features(data: Any, keys: Sequence[str], query_id: str) -> dict[str, list[Any]]:
+    """One query's raw features: from its first interaction, or just its id if it has none."""
+    rows = np.flatnonzero(data.interactions[data.query_id_key] == query_id)
+    if len(rows):
+        return {key: [data.interactions[key][rows[0]]] for key in keys}
+    return {key: [query_id] for key in keys}
+
+
+def export_model(index: Any, target: str | os.PathLike, config: Mapping[str, Any], model: Any, data: Any,
+                 metrics: Mapping[str, Any]) -> Path:
+    """Exports a trained model's index with everything `recommend` and `serve` read beside it."""
+    keys = list(model.query_tower.feature_keys)
+    return save_export(index, target, query_feature_keys=keys,
+                       metadata=export_metadata(config, model, data, metrics),
+                       extra_files=serving_files(data, model), query_specs=query_specs(data, keys))

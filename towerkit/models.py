@@ -18,8 +18,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from towerkit.datasets.base import to_tf_dataset
+from towerkit.embedding import candidate_columns, embed_candidates
 from towerkit.errors import ConfigError, FeatureError
-from towerkit.registry import registry
+from towerkit.components import get_registry
 
 STYLES = ("tfrs", "train_step")
 
@@ -111,25 +112,24 @@ class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
 def _build(kind: str, spec: Any, **defaults: Any) -> Any:
     """Builds a component from a name, a ``{"name": ..., **config}`` mapping, or an object."""
     if isinstance(spec, str):
-        return registry(kind).create(spec, **defaults)
+        return get_registry(kind).create(spec, **defaults)
     if isinstance(spec, Mapping):
         config = dict(spec)
         if "name" not in config:
             raise ConfigError(
-                f"a {registry(kind).noun} given as a mapping needs a 'name' key, got keys "
+                f"a {get_registry(kind).noun} given as a mapping needs a 'name' key, got keys "
                 f"{', '.join(config) or '(none)'}; e.g. {{'name': 'user', 'embedding_dim': 32}}."
             )
         name = config.pop("name")
         for key, value in defaults.items():
             config.setdefault(key, value)
-        return registry(kind).create(name, **config)
+        return get_registry(kind).create(name, **config)
     return spec
 
 
 def candidate_embeddings_dataset(data, candidate_tower, batch_size: int = 128) -> tf.data.Dataset:
     """The candidate set mapped through the candidate tower, as the tutorial feeds FactorizedTopK."""
-    keys = candidate_tower.feature_keys
-    columns = {k: data.candidate_features[k] for k in keys}
+    columns = candidate_columns(data, candidate_tower.feature_keys)
     return to_tf_dataset(columns).batch(batch_size).map(candidate_tower)
 
 
@@ -204,3 +204,42 @@ def assemble(
 
     model_class = RetrievalModel if style == "tfrs" else TrainStepRetrievalModel
     return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics)
+
+
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+    """A Keras optimizer by recipe name (``adagrad``, ``adam``, ...)."""
+    classes = {
+        "adagrad": tf.keras.optimizers.Adagrad,
+        "adam": tf.keras.optimizers.Adam,
+        "adamw": tf.keras.optimizers.AdamW,
+        "sgd": tf.keras.optimizers.SGD,
+        "rmsprop": tf.keras.optimizers.RMSprop,
+        "ftrl": tf.keras.optimizers.Ftrl,
+    }
+    try:
+        return classes[name.lower()](learning_rate=learning_rate)
+    except KeyError:
+        raise ConfigError(f"unknown optimizer '{name}'; choose one of {', '.join(classes)}.") from None
+
+
+def build_model(config: Mapping[str, Any], data: Any) -> tf.keras.Model:
+    """Assembles and compiles the model a resolved recipe describes."""
+    model = assemble(
+        query=dict(config["query_tower"]),
+        candidate=dict(config["candidate_tower"]),
+        task=dict(config["task"]),
+        data=data,
+        style=config["model"]["style"],
+        train_metrics=config["model"]["train_metrics"],
+    )
+    model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
+    return model
+
+
+def build_index(model: Any, data: Any, section: Mapping[str, Any]) -> Any:
+    """Indexes every candidate of ``data`` under its id, with the model's query tower in front."""
+    options = {key: value for key, value in section.items() if key != "name"}
+    index = get_registry("indexes").create(section["name"], query_model=model.query_tower, **options)
+    embeddings = embed_candidates(model.candidate_tower, data)
+    index.index(embeddings, identifiers=tf.constant(data.candidate_ids.astype(str)))
+    return index

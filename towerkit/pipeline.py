@@ -1,60 +1,61 @@
-"""The main job: load data, assemble, train, evaluate, index, export, all from a resolved recipe."""
+"""The train job as named stages over one run context.
+
+``run`` prepares the output directory, takes its lock, and runs::
+
+    load -> build -> fit -> evaluate -> index -> export -> report
+
+Each stage reads and fills a :class:`towerkit.runs.RunContext`, so the CLI
+reuses them: ``towerkit evaluate`` runs the evaluate stage on a reopened run,
+``towerkit export`` the index and export stages.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
+import math
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import numpy as np
 import tensorflow as tf
 
+from towerkit import files
 from towerkit import config as recipe_config
-from towerkit.checkpoints import checkpointing, trim_history
-from towerkit.distribute import is_chief, make_strategy, worker_id
-from towerkit.report import EpochEvaluation, write_markdown, write_png
+from towerkit.checkpoints import check_identity, checkpointing, config_identity, discard_history, set_aside, trim_history
+from towerkit.components import load_dataset
 from towerkit.datasets.base import to_tf_dataset
-from towerkit.errors import ConfigError, TowerkitError
-from towerkit.evaluation import BASELINES, embed, evaluate_topk
-from towerkit.export import save_export
-from towerkit.export_format import QUERY_VOCABULARY_FILE, SEEN_FILE
+from towerkit.distribute import is_chief, make_strategy, worker_id
+from towerkit.errors import TowerkitError
+from towerkit.evaluation import evaluate_all
+from towerkit.export import example_query_features, export_model
+from towerkit.indexes.base import check_k
+from towerkit.models import build_index, build_model
+from towerkit.report import EpochEvaluation, write_markdown, write_png
+from towerkit.runs import RunContext, RunOptions, prepare_run_dir
 from towerkit.serving import load_export
-from towerkit.models import assemble
-from towerkit.registry import create_index, load_dataset
 
-Log = Callable[[str], None]
+HISTORY_FILE = "history.csv"
 
 
-@dataclass
-class RunResult:
-    """What a run produced."""
-
-    metrics: dict[str, Any]
-    output_dir: Path
-    model: Any = None
-    data: Any = None
-    index: Any = None
-    export_dir: Path | None = None
-    history: dict[str, list[float]] = field(default_factory=dict)
+class TrainingDiverged(TowerkitError):
+    """The training loss stopped being a finite number."""
 
 
-def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-    classes = {
-        "adagrad": tf.keras.optimizers.Adagrad,
-        "adam": tf.keras.optimizers.Adam,
-        "adamw": tf.keras.optimizers.AdamW,
-        "sgd": tf.keras.optimizers.SGD,
-        "rmsprop": tf.keras.optimizers.RMSprop,
-        "ftrl": tf.keras.optimizers.Ftrl,
-    }
-    try:
-        return classes[name.lower()](learning_rate=learning_rate)
-    except KeyError:
-        raise ConfigError(f"unknown optimizer '{name}'; choose one of {', '.join(classes)}.") from None
+class DivergenceGuard(tf.keras.callbacks.Callback):
+    """Stops a run whose loss became NaN or infinite, before its checkpoint or export is written."""
+
+    def __init__(self, learning_rate: float):
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"the training loss became {float(loss)} in epoch {epoch + 1}, so the run stopped without "
+                f"an export; lower optimizer.learning_rate (now {self.learning_rate}) or check the features "
+                "for NaN values, then train again (the last good checkpoint is kept)."
+            )
 
 
 def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
@@ -63,14 +64,13 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
     Only the features the towers read are sliced, so no time goes into
     carrying unused columns through the pipeline.
     """
-    columns = data.train_features(keys)
     options = tf.data.Options()
     # In-memory data has no files to shard: under a multi-worker strategy each
     # worker takes every n-th batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (
-        to_tf_dataset(columns)
-        .shuffle(shuffle_buffer, seed=seed)
+        to_tf_dataset(data.train_features(keys))
+        .shuffle(min(shuffle_buffer, max(1, len(data.train_rows))), seed=seed)
         .batch(batch_size)
         .cache()
         .prefetch(tf.data.AUTOTUNE)
@@ -78,27 +78,93 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
     )
 
 
-def query_specs(data: Any, keys: Sequence[str]) -> dict[str, Any]:
-    """The serving signature's input spec for each query feature, from the data's column types."""
-    specs = {}
-    for key in keys:
-        column = data.interactions[key]
-        if column.dtype == object:
-            specs[key] = tf.RaggedTensorSpec([None, None], tf.int64)
-        elif column.dtype.kind in "US":
-            specs[key] = tf.TensorSpec([None], tf.string, name=key)
-        else:
-            specs[key] = tf.TensorSpec([None], tf.as_dtype(column.dtype), name=key)
-    return specs
+def stage_load(ctx: RunContext) -> None:
+    """Loads the dataset and checks what depends on its size (the index's k) before any training."""
+    name, options = recipe_config.component_config(ctx.config["dataset"])
+    ctx.log(f"loading dataset {name} ...")
+    ctx.data = load_dataset(name, **options)
+    check_k(ctx.config["index"]["k"], len(ctx.data.candidate_ids), ctx.config["index"]["name"])
+    info = ctx.data.describe()
+    ctx.log(f"  {info['interactions']:,} interactions ({info['train']:,} train / {info['test']:,} test), "
+            f"{info['queries']:,} queries, {info['candidates']:,} candidates")
 
 
-def example_query_features(data: Any, keys: Sequence[str], query_id: str) -> dict[str, list[Any]]:
-    """One query's raw features: from its first interaction, or just its id if it has none."""
-    ids = data.interactions[data.query_id_key]
-    rows = np.flatnonzero(ids == query_id)
-    if len(rows):
-        return {key: [data.interactions[key][rows[0]]] for key in keys}
-    return {key: [query_id] for key in keys}
+def stage_build(ctx: RunContext) -> None:
+    """Assembles and compiles the model under the strategy (variables, slots and metrics live there)."""
+    tf.keras.utils.set_random_seed(ctx.config["train"]["seed"])
+    with ctx.strategy.scope():
+        ctx.model = build_model(ctx.config, ctx.data)
+    if ctx.strategy.num_replicas_in_sync > 1 or ctx.config["train"]["strategy"] != "default":
+        devices = ", ".join(ctx.strategy.extended.worker_devices)
+        ctx.log(f"  {ctx.config['train']['strategy']} strategy: {ctx.strategy.num_replicas_in_sync} replica(s) "
+                f"on {devices}; global batch {ctx.config['train']['batch_size']}")
+
+
+def _callbacks(ctx: RunContext) -> tuple[list[Any], EpochEvaluation | None, int]:
+    """Divergence guard, epoch curves, CSV history and checkpoints, in the order they must run."""
+    options, history = ctx.options, ctx.output / HISTORY_FILE
+    saver, initial_epoch = checkpointing(ctx.model, ctx.output, options.checkpoint_every,
+                                         ctx.config["train"]["epochs"], options.resume,
+                                         config_identity(ctx.config), ctx.log)
+    if options.resume:
+        trim_history(history, initial_epoch)
+        ctx.log(f"resuming from the checkpoint after epoch {initial_epoch}")
+    else:
+        discard_history(history)
+    guard = DivergenceGuard(ctx.config["optimizer"]["learning_rate"])
+    if not ctx.chief:
+        return [guard, saver], None, initial_epoch
+    curves = EpochEvaluation(ctx.data, ctx.config["evaluate"]["ks"]) if ctx.config["evaluate"]["every_epoch"] else None
+    # The guard runs first, so a diverged epoch is never evaluated, logged or checkpointed;
+    # the CSV row is on disk before the checkpoint, so a resumed run never lacks a row.
+    callbacks = [guard, *([curves] if curves else []), tf.keras.callbacks.CSVLogger(str(history), append=True), saver]
+    if options.tensorboard:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(ctx.output / "tensorboard")))
+    return callbacks, curves, initial_epoch
+
+
+def stage_fit(ctx: RunContext) -> None:
+    """Trains for the recipe's epochs (from the last checkpoint when resuming)."""
+    train = ctx.config["train"]
+    dataset = training_dataset(ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
+    callbacks, curves, initial_epoch = _callbacks(ctx)
+    ctx.log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
+    tick = time.perf_counter()
+    ctx.model.fit(dataset, epochs=train["epochs"], initial_epoch=initial_epoch,
+                  verbose=ctx.options.verbose, callbacks=callbacks)
+    curve_seconds = curves.seconds if curves else 0.0
+    ctx.timings["fit_seconds"] = time.perf_counter() - tick - curve_seconds
+    ctx.timings["epoch_evaluation_seconds"] = curve_seconds
+
+
+def stage_evaluate(ctx: RunContext) -> None:
+    """Exact test top-k of the model and of the dataset's baselines, logged as a small table."""
+    evaluation = ctx.config["evaluate"]
+    ctx.log("evaluating on the test split (exact top-k over all candidates) ...")
+    ctx.results = evaluate_all(ctx.model, ctx.data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"])
+    for excluding in (False, True) if evaluation["exclude_train"] else (False,):
+        if excluding:
+            ctx.log("  excluding each user's training items:")
+        for name, result in ctx.results.items():
+            ctx.log(f"  {name:<13}{result.format(excluding)}")
+    ctx.metrics["test"] = {name: result.to_json() for name, result in ctx.results.items()}
+
+
+def stage_index(ctx: RunContext) -> None:
+    """Builds the recipe's index over every candidate and shows the example query's top 3."""
+    ctx.log(f"building index {ctx.config['index']['name']} ...")
+    ctx.index = build_index(ctx.model, ctx.data, ctx.config["index"])
+    query = ctx.config["export"]["example_query"]
+    ctx.example_top = _top_ids(ctx.index, ctx.example_features(), query)
+    ctx.log(f"  top 3 for {ctx.query_keys[0]}={query!r}: {ctx.example_top}")
+    ctx.metrics["example"] = {"query": query, "top": ctx.example_top}
+
+
+def _top_ids(index_or_ids: Any, features: dict[str, list[Any]] | None, query: str, count: int = 3) -> list[str]:
+    """The first ``count`` result ids, leaving out the query itself (item-to-item)."""
+    ids = index_or_ids({k: _as_tensor(v) for k, v in features.items()})[1][0].numpy() if features is not None else index_or_ids
+    decoded = [i.decode("utf-8") for i in ids]
+    return [i for i in decoded if i != query][:count]
 
 
 def _as_tensor(values: list[Any]) -> Any:
@@ -107,53 +173,23 @@ def _as_tensor(values: list[Any]) -> Any:
     return tf.constant(values)
 
 
-def build_model(config: dict[str, Any], data: Any) -> Any:
-    """Assembles the model a resolved recipe describes."""
-    return assemble(
-        query=dict(config["query_tower"]),
-        candidate=dict(config["candidate_tower"]),
-        task=dict(config["task"]),
-        data=data,
-        style=config["model"]["style"],
-        train_metrics=config["model"]["train_metrics"],
-    )
+def stage_export(ctx: RunContext) -> None:
+    """Exports the index and checks that the export, reloaded, answers as the index did."""
+    if not ctx.config["export"]["enabled"]:
+        return
+    target = ctx.export_target or ctx.output / "model"
+    ctx.log(f"exporting to {target} ...")
+    recorded = {key: ctx.metrics[key] for key in ("recipe", "dataset", "example", "test") if key in ctx.metrics}
+    ctx.export_dir = export_model(ctx.index, target, ctx.config, ctx.model, ctx.data, recorded)
+    query = ctx.config["export"]["example_query"]
+    reloaded = _top_ids(load_export(target).recommend(ctx.example_features())[1][0], None, query)
+    if reloaded != ctx.example_top:
+        raise TowerkitError(f"the reloaded export returns {reloaded} but the index returned {ctx.example_top}; "
+                            "the export is inconsistent, please report this.")
+    ctx.log(f"  reloaded export agrees: {reloaded}")
 
 
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Creates the output dir and proves it writable before any work starts."""
-    output = Path(path)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".towerkit-write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise TowerkitError(f"output dir {output} is not writable ({exc.strerror or exc}); pass a writable --output.") from exc
-    return output
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
-
-
-def _evaluate(evaluation: dict[str, Any], model: Any, data: Any, log: Log) -> tuple[dict, dict]:
-    """Exact test top-k of the model and of the dataset's baselines, logged as a small table."""
-    log("evaluating on the test split (exact top-k over all candidates) ...")
-    ks, exclude = evaluation["ks"], evaluation["exclude_train"]
-    results = evaluate_topk(model, data, ks, exclude, evaluation["batch_size"])
-    baselines = {name: BASELINES[name](data, ks, exclude) for name in getattr(data, "baselines", ("popularity",))}
-    for prefix in ("", "excl_") if exclude else ("",):
-        if prefix:
-            log("  excluding each user's training items:")
-        log(f"  {'model':<13}{_format_topk(results, ks, prefix)}")
-        for name, baseline in baselines.items():
-            log(f"  {name:<13}{_format_topk(baseline, ks, prefix)}")
-    return results, baselines
-
-
-def _read_history(path: Path) -> dict[str, list[float]]:
+def read_history(path: Any) -> dict[str, list[float]]:
     """Per-epoch values from the CSVLogger file (all epochs, also across a resume)."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -162,199 +198,87 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     return {k: [float(row[k]) for row in rows] for k in keys if all(row[k] != "NA" for row in rows)}
 
 
-def _format_topk(results: dict[str, float], ks: list[int], prefix: str = "") -> str:
-    return "  ".join(f"top-{k} {results[f'{prefix}top_{k}']:.4f}" for k in ks)
+def _examples(ctx: RunContext, count: int = 3) -> dict[str, list[str]]:
+    """Top 5 for the example query and a few test queries, for report.md."""
+    if len(ctx.query_keys) != 1:
+        return {}
+    key, first = ctx.query_keys[0], ctx.config["export"]["example_query"]
+    test_queries = dict.fromkeys(ctx.data.interactions[key][ctx.data.test_rows].tolist())
+    queries = [first] + [q for q in test_queries if q != first][: count - 1]
+    _, ids = ctx.index({key: tf.constant(queries)})
+    return {f"{key} {q}": _top_ids(row, None, q, 5) for q, row in zip(queries, ids.numpy())}
 
 
-def build_index(model: Any, data: Any, section: dict[str, Any]) -> Any:
-    """Indexes every candidate under its id, with the query tower in front."""
-    name, options = recipe_config.component_config(section)
-    index = create_index(name, query_model=model.query_tower, **options)
-    keys = model.candidate_tower.feature_keys
-    embeddings = embed(model.candidate_tower, {k: data.candidate_features[k] for k in keys})
-    index.index(embeddings, identifiers=tf.constant(data.candidate_ids.astype(str)))
-    return index
+def stage_report(ctx: RunContext) -> None:
+    """metrics.json, report.png and report.md."""
+    ctx.timings["total_seconds"] = time.perf_counter() - ctx.started
+    ctx.metrics["timing"] = dict(ctx.timings)
+    ctx.metrics["history"] = read_history(ctx.output / HISTORY_FILE)
+    files.write_json(ctx.output / "metrics.json", ctx.metrics)
+    has_png = write_png(ctx.output / "report.png", ctx.metrics["history"], ctx.metrics)
+    write_markdown(ctx.output / "report.md", ctx.metrics, _examples(ctx), has_png)
 
 
-def run(
-    config: dict[str, Any],
-    output_dir: str | os.PathLike,
-    *,
-    log: Log = print,
-    verbose: int = 1,
-    resume: bool = False,
-    checkpoint_every: int = 1,
-    tensorboard: bool = False,
-) -> RunResult:
+Stage = Callable[[RunContext], None]
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("load", stage_load), ("build", stage_build), ("fit", stage_fit), ("evaluate", stage_evaluate),
+    ("index", stage_index), ("export", stage_export), ("report", stage_report),
+)
+# Only the chief writes what all workers share.
+CHIEF_ONLY = {"evaluate", "index", "export", "report"}
+
+
+def _prepare(ctx: RunContext) -> None:
+    """Checks ownership and checkpoint identity, then snapshots the config (the chief only)."""
+    if not ctx.chief:
+        # Other workers keep their checkpoints apart and write no reports.
+        ctx.output = prepare_run_dir(ctx.output / f".worker-{worker_id(ctx.strategy)}")
+        return
+    try:
+        check_identity(ctx.output, ctx.config, ctx.options.resume)
+    except TowerkitError:
+        if ctx.options.resume or not ctx.options.force:
+            raise
+        ctx.log(f"moved the old checkpoints aside to {set_aside(ctx.output)}")
+    # Written before training, so `train --resume` can rebuild exactly this run after a kill.
+    files.write_file(ctx.output / "config.toml", recipe_config.to_toml(ctx.config))
+
+
+def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
+        verbose: int = 1, resume: bool = False, force: bool = False, checkpoint_every: int = 1,
+        tensorboard: bool = False) -> RunContext:
     """Runs a resolved recipe end to end and writes its reports into ``output_dir``.
 
     Args:
         config: A recipe resolved by :func:`towerkit.config.resolve`.
         output_dir: Where metrics.json, config.toml, history.csv, checkpoints and the export go.
+            It must be new, empty, or an earlier towerkit run.
         log: Receives one-line progress messages.
         verbose: Keras' fit verbosity (1 = progress bars, 2 = a line per epoch).
-        resume: Continue from the latest checkpoint in ``output_dir``.
+        resume: Continue from the latest intact checkpoint in ``output_dir``.
+        force: Move another configuration's checkpoints aside instead of refusing.
         checkpoint_every: Save a checkpoint every this many epochs (and after the last).
         tensorboard: Also write TensorBoard logs to ``output_dir/tensorboard``.
+
+    Returns:
+        The run context: ``metrics``, ``model``, ``data``, ``index``, ``export_dir``.
     """
-    train = config["train"]
-    strategy = make_strategy(train["strategy"])
-    chief = is_chief(strategy)
-    output = prepare_output_dir(output_dir)
-    if chief:
-        # Written first, so `train --resume` can rebuild exactly this run after a kill.
-        _write_atomic_text(output / "config.toml", recipe_config.to_toml(config))
-    else:
-        # Other workers keep their checkpoints apart and write no reports.
-        output = prepare_output_dir(output / f".worker-{worker_id(strategy)}")
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    name, options = recipe_config.component_config(config["dataset"])
-    log(f"loading dataset {name} ...")
-    data = load_dataset(name, **options)
-    timings["load_seconds"] = time.perf_counter() - started
-    info = data.describe()
-    log(f"  {info['interactions']:,} interactions ({info['train']:,} train / {info['test']:,} test), "
-        f"{info['queries']:,} queries, {info['candidates']:,} candidates")
-
-    tf.keras.utils.set_random_seed(train["seed"])
-    # Variables, optimizer slots and metrics must be created under the strategy.
-    with strategy.scope():
-        model = build_model(config, data)
-        model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
-    dataset = training_dataset(data, model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
-    if strategy.num_replicas_in_sync > 1:
-        log(f"  {train['strategy']} strategy: {strategy.num_replicas_in_sync} replicas, global batch {train['batch_size']}")
-
-    saver, initial_epoch = checkpointing(model, output, checkpoint_every, train["epochs"], resume)
-    history_path = output / "history.csv"
-    if resume:
-        trim_history(history_path, initial_epoch)
-        log(f"resuming from the checkpoint after epoch {initial_epoch}")
-    elif history_path.exists():
-        history_path.unlink()
-    curves = EpochEvaluation(data)
-    # Order matters: the curve evaluation feeds the CSV logger, and the CSV row
-    # is on disk before the checkpoint, so a resumed run never lacks a row.
-    callbacks = [curves, tf.keras.callbacks.CSVLogger(str(history_path), append=True), saver]
-    if not config["evaluate"]["every_epoch"]:
-        callbacks.remove(curves)
-    if not chief:
-        callbacks = [saver]
-    if tensorboard:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(output / "tensorboard")))
-    log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
-    tick = time.perf_counter()
-    history = model.fit(
-        dataset, epochs=train["epochs"], initial_epoch=initial_epoch, verbose=verbose, callbacks=callbacks
-    ).history
-    timings["fit_seconds"] = time.perf_counter() - tick - curves.seconds
-    timings["epoch_evaluation_seconds"] = curves.seconds
-    if not chief:
+    options = RunOptions(log=log, verbose=verbose, resume=resume, force=force,
+                         checkpoint_every=checkpoint_every, tensorboard=tensorboard)
+    strategy = make_strategy(config["train"]["strategy"])
+    ctx = RunContext(config=config, output=prepare_run_dir(output_dir), options=options,
+                     strategy=strategy, chief=is_chief(strategy))
+    ctx.metrics.update(recipe=config["recipe"]["name"])
+    with files.run_lock(ctx.output):
+        _prepare(ctx)
+        for name, stage in STAGES:
+            if ctx.chief or name not in CHIEF_ONLY:
+                tick = time.perf_counter()
+                stage(ctx)
+                ctx.timings.setdefault(f"{name}_seconds", time.perf_counter() - tick)
+            if name == "load":
+                ctx.metrics["dataset"] = ctx.data.describe()
+    if not ctx.chief:
         log("training done; the chief worker writes the reports and the export")
-        timings["total_seconds"] = time.perf_counter() - started
-        return RunResult({"timing": timings, "history": history}, output, model, data)
+    return ctx
 
-    tick = time.perf_counter()
-    results, baselines = _evaluate(config["evaluate"], model, data, log)
-    timings["evaluate_seconds"] = time.perf_counter() - tick
-
-    log(f"building index {config['index']['name']} ...")
-    tick = time.perf_counter()
-    index = build_index(model, data, config["index"])
-    timings["index_seconds"] = time.perf_counter() - tick
-    example = config["export"]["example_query"]
-    query_keys = list(model.query_tower.feature_keys)
-    example_features = example_query_features(data, query_keys, example)
-    _, top = index({k: _as_tensor(v) for k, v in example_features.items()})
-    example_top = [t.decode("utf-8") for t in top[0].numpy() if t.decode("utf-8") != example][:3]
-    log(f"  top 3 for {query_keys[0]}={example!r}: {example_top}")
-
-    metrics: dict[str, Any] = {
-        "recipe": config["recipe"]["name"],
-        "dataset": info,
-        "example": {"query": example, "top": example_top},
-    }
-    for name, values in {"test": results, **baselines}.items():
-        metrics[name] = {k: v for k, v in values.items() if not k.startswith("excl_")}
-        if config["evaluate"]["exclude_train"]:
-            suffix = "test_excluding_train" if name == "test" else f"{name}_excluding_train"
-            metrics[suffix] = {k[5:]: v for k, v in values.items() if k.startswith("excl_")}
-
-    export_dir = None
-    if config["export"]["enabled"]:
-        export_dir = output / "model"
-        log(f"exporting to {export_dir} ...")
-        tick = time.perf_counter()
-        save_export(
-            index,
-            export_dir,
-            query_feature_keys=query_keys,
-            metadata=export_metadata(config, model, metrics),
-            extra_files=serving_files(data, model),
-            query_specs=query_specs(data, query_keys),
-        )
-        reloaded = load_export(export_dir).recommend(example_features)[1]
-        reloaded_top = [t.decode("utf-8") for t in reloaded[0] if t.decode("utf-8") != example][:3]
-        if reloaded_top != example_top:
-            raise TowerkitError(
-                f"the reloaded export returns {reloaded_top} but the index returned {example_top}; "
-                "the export is inconsistent, please report this."
-            )
-        timings["export_seconds"] = time.perf_counter() - tick
-        log(f"  reloaded export agrees: {reloaded_top}")
-
-    timings["total_seconds"] = time.perf_counter() - started
-    metrics["timing"] = timings
-    metrics["history"] = _read_history(history_path)
-    _write_atomic_text(output / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-    write_png(output / "report.png", metrics["history"], metrics)
-    write_markdown(output / "report.md", metrics, _examples(index, data, query_keys, example))
-    return RunResult(metrics, output, model, data, index, export_dir, history)
-
-
-def _examples(index: Any, data: Any, query_keys: list[str], first: str, count: int = 3) -> dict[str, list[str]]:
-    """Top 5 for the example query and a few test queries, for report.md."""
-    if len(query_keys) != 1:
-        return {}
-    queries = [first] + [q for q in dict.fromkeys(data.interactions[query_keys[0]][data.test_rows].tolist())
-                         if q != first][: count - 1]
-    _, ids = index({query_keys[0]: tf.constant(queries)})
-    return {f"{query_keys[0]} {q}": [i.decode("utf-8") for i in row[:6] if i.decode("utf-8") != q][:5]
-            for q, row in zip(queries, ids.numpy())}
-
-
-def serving_files(data: Any, model: Any) -> dict[str, bytes]:
-    """What `recommend` needs beside the model: known query ids and each one's training items."""
-    queries = data.interactions[data.query_id_key][data.train_rows].tolist()
-    candidates = data.interactions[data.candidate_id_key][data.train_rows].tolist()
-    seen: dict[str, list[str]] = {}
-    for query, candidate in zip(queries, candidates):
-        seen.setdefault(str(query), []).append(str(candidate))
-    files = {SEEN_FILE: json.dumps(seen).encode("utf-8")}
-    vocabulary = getattr(model.query_tower, "vocabulary", None)
-    if vocabulary is not None:
-        files[QUERY_VOCABULARY_FILE] = json.dumps(list(vocabulary)).encode("utf-8")
-    return files
-
-
-def export_metadata(config: dict[str, Any], model: Any, metrics: dict[str, Any]) -> dict[str, Any]:
-    from towerkit.registry import registry
-
-    components = {}
-    for section, kind in recipe_config.COMPONENT_SECTIONS.items():
-        entry = registry(kind).get(config[section]["name"])
-        components[section] = {**config[section], "source": entry.source, "version": entry.version}
-    vocabulary_sizes = {}
-    for role in ("query_tower", "candidate_tower"):
-        tower = getattr(model, role)
-        if getattr(tower, "vocabulary", None) is not None:
-            vocabulary_sizes[role] = len(tower.vocabulary)
-    return {
-        "recipe": config["recipe"]["name"],
-        "components": components,
-        "vocabulary_sizes": vocabulary_sizes,
-        "metrics": {k: v for k, v in metrics.items() if k != "history"},
-        "distributions": sorted({c["source"] for c in components.values()}),
-    }

@@ -48,18 +48,49 @@ def candidates_and_ids(candidates: Any, identifiers: Any) -> tuple[tf.Tensor, tf
 
 
 class ValidatedIndex:
-    """Mixin for TFRS TopK layers: records the index's size and checks every query.
+    """Mixin for TFRS TopK layers: validated ``index``/``call``, exclusions, and recorded parameters.
 
-    Subclasses call :meth:`_record` from ``index`` and implement ``_search``.
+    A backend subclasses this and a TFRS ``TopK`` layer, and implements
+    ``_search`` (top ``k`` for query embeddings) and ``_is_empty``; it may
+    override ``_prepare`` to choose parameters once the candidates are known.
+
+    Attributes:
+        k: The default number of results.
+        num_candidates: How many candidates are indexed (None before ``index``).
+        dim: Their embedding width (None before ``index``).
     """
 
     backend = "index"
     num_candidates: int | None = None
     dim: int | None = None
 
+    @property
+    def k(self) -> int:
+        return self._k
+
     def _record(self, candidates: tf.Tensor) -> None:
         self.num_candidates, self.dim = int(candidates.shape[0]), int(candidates.shape[1])
         check_k(self._k, self.num_candidates, self.name)
+
+    def _prepare(self) -> None:
+        """Called after the candidates are recorded and before the TFRS layer indexes them."""
+
+    def _is_empty(self) -> bool:
+        raise NotImplementedError("an index backend must say whether it holds candidates")
+
+    def index(self, candidates, identifiers=None):
+        """Indexes ``[num_candidates, dim]`` embeddings under optional identifiers."""
+        candidates, identifiers = candidates_and_ids(candidates, identifiers)
+        self._record(candidates)
+        self._prepare()
+        return super().index(candidates, identifiers)
+
+    def call(self, queries, k=None):
+        """Top ``k`` (default: the index's k) for raw query features, or embeddings without a query model."""
+        if self._is_empty():
+            raise ConfigError(f"index '{self.backend}' is empty; call index() with candidates before querying.")
+        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
+        return self._search(self._embed_queries(queries), k)
 
     def _embed_queries(self, queries: Any) -> tf.Tensor:
         if self.query_model is not None:

@@ -7,8 +7,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from towerkit.errors import ConfigError
-from towerkit.indexes.base import ValidatedIndex, candidates_and_ids, check_k
+from towerkit.indexes.base import ValidatedIndex, check_k
 
 
 class BruteForceIndex(ValidatedIndex, tfrs.layers.factorized_top_k.BruteForce):
@@ -30,16 +29,8 @@ class BruteForceIndex(ValidatedIndex, tfrs.layers.factorized_top_k.BruteForce):
     def __init__(self, query_model: Any = None, k: int = 10, name: str | None = None):
         super().__init__(query_model=query_model, k=check_k(k, None, "brute-force"), name=name)
 
-    def index(self, candidates, identifiers=None):
-        candidates, identifiers = candidates_and_ids(candidates, identifiers)
-        self._record(candidates)
-        return super().index(candidates, identifiers)
-
-    def call(self, queries, k=None):
-        if self._candidates is None:
-            raise ConfigError("index 'brute-force' is empty; call index() with candidates before querying.")
-        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
-        return self._search(self._embed_queries(queries), k)
+    def _is_empty(self) -> bool:
+        return self._candidates is None
 
     def _search(self, queries, k):
         values, indices = tf.math.top_k(self._compute_score(queries, self._candidates), k=k)

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from towerkit.errors import ConfigError
-from towerkit.indexes.base import ValidatedIndex, candidates_and_ids, check_k
+from towerkit.indexes.base import ValidatedIndex, check_k
 from towerkit.towers.base import check_positive_int
 
 # Below this many candidates ScaNN's own guidance is to score them all exactly.
@@ -113,18 +113,12 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
                 builder = builder.reorder(chosen["num_reordering_candidates"])
         return builder.build(shared_name=f"{self.name}/{uuid.uuid4()}")
 
-    def index(self, candidates, identifiers=None):
-        candidates, identifiers = candidates_and_ids(candidates, identifiers)
-        self._record(candidates)
+    def _prepare(self) -> None:
         self._chosen = self._choose(self.num_candidates)
         self._build_searcher = self._make_searcher
-        return super().index(candidates, identifiers)
 
-    def call(self, queries, k=None):
-        if self._serialized_searcher is None:
-            raise ConfigError("index 'scann' is empty; call index() with candidates before querying.")
-        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
-        return self._search(self._embed_queries(queries), k)
+    def _is_empty(self) -> bool:
+        return self._serialized_searcher is None
 
     def _search(self, queries, k):
         from scann.scann_ops.py import scann_ops

@@ -92,7 +92,38 @@ def _padded(exclusions: Sequence[Sequence[str]]) -> tf.Tensor:
     return tf.constant([list(row) + [""] * (width - len(row)) for row in exclusions], tf.string)
 
 
+# Key -> (type, what it must be) of every key a reader relies on.
+REQUIRED_KEYS = {
+    "format_version": (int, "an integer"),
+    "query_feature_keys": (list, "a list of feature names"),
+    "index": (dict, "a table of index parameters"),
+}
+
+
+def check_metadata(metadata: Any, where: Path) -> None:
+    """Raises DataError naming the first key of towerkit.json that is missing or of the wrong type."""
+    if not isinstance(metadata, dict):
+        raise DataError(f"{where} holds {type(metadata).__name__}, not a JSON object; export the model again.")
+    for key, (expected, what) in REQUIRED_KEYS.items():
+        value = metadata.get(key)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise DataError(f"{where} is damaged: '{key}' must be {what}, got {value!r}; export the model again.")
+    version = metadata["format_version"]
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{where.parent} was written by towerkit {metadata.get('towerkit_version', '?')} in export format "
+            f"{version}, newer than this towerkit reads ({FORMAT_VERSION}); upgrade towerkit."
+        )
+    if version < 1 or not all(isinstance(k, str) and k for k in metadata["query_feature_keys"]):
+        raise DataError(f"{where} is damaged (format_version {version}, query_feature_keys "
+                        f"{metadata['query_feature_keys']!r}); export the model again.")
+    dtypes = metadata.get("query_feature_dtypes", {})
+    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise DataError(f"{where} is damaged: 'query_feature_dtypes' must map features to type names; export again.")
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and checks an export's towerkit.json."""
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not path.is_dir():
@@ -104,14 +135,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_path} is corrupt ({exc}); export the model again.") from exc
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataError(
-            f"{path} was written by towerkit {metadata.get('towerkit_version', '?')} in export format "
-            f"{version}, newer than this towerkit reads ({FORMAT_VERSION}); upgrade towerkit."
-        )
+    check_metadata(metadata, meta_path)
     return metadata
 
 
@@ -144,12 +170,12 @@ def _load_saved_model(path: str | os.PathLike) -> Any:
 def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedExport:
     """Loads the query SavedModel plus an index that saved itself, through its plugin."""
     from towerkit.errors import UnknownComponentError
-    from towerkit.registry import registry
+    from towerkit.components import get_registry
 
     backend = metadata["index"]["backend"]
     source = metadata.get("components", {}).get("index", {}).get("source", backend)
     try:
-        factory = registry("indexes").get(backend).load()
+        factory = get_registry("indexes").get(backend).load()
     except UnknownComponentError:
         raise TowerkitError(
             f"{path} uses index '{backend}' from the {source} distribution, which is not installed; "
