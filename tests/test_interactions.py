@@ -1,0 +1,228 @@
+"""The interactions dataset: reading your own files, splits, bad input, the features tower, inspect."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import towerkit
+from towerkit.datasets.interactions import InteractionsDataset
+from towerkit.errors import ConfigError, DataError
+
+EVENTS = "user,item,ts\n1,a,100\n2,b,200\n1,c,300\n3,a,400\n2,a,500\n3,c,600\n1,b,700\n2,c,800\n3,b,900\n1,a,950\n"
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _load(path, **options):
+    options.setdefault("query_id", "user")
+    options.setdefault("candidate_id", "item")
+    return towerkit.load_dataset("interactions", path=str(path), **options)
+
+
+def _pairs(data, rows):
+    return set(zip(data.interactions[data.query_id_key][rows].tolist(),
+                   data.interactions[data.candidate_id_key][rows].tolist()))
+
+
+# --- Reading ------------------------------------------------------------------------------------
+
+
+def test_ids_keep_their_text_and_integers_become_their_decimal_text(tmp_path):
+    csv_data = _load(_write(tmp_path / "e.csv", "user,item\n007,10\n8,11\n007,12\n9,10\n8,12\n"))
+    assert csv_data.interactions["user"].tolist() == ["007", "8", "007", "9", "8"]
+    assert csv_data.interactions["user"].dtype.kind == "U"
+    table = pa.table({"user": pa.array([7, 8, 7, 9, 8], pa.int64()), "item": ["x", "y", "z", "x", "z"]})
+    pq.write_table(table, tmp_path / "e.parquet")
+    parquet_data = _load(tmp_path / "e.parquet")
+    assert parquet_data.interactions["user"].tolist() == [str(v) for v in [7, 8, 7, 9, 8]]
+    assert sorted(parquet_data.candidate_ids.tolist()) == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".tsv", ".parquet", ".jsonl", ".jsonl.gz"])
+def test_every_format_reads_the_same_rows(tmp_path, suffix):
+    rows = [line.split(",") for line in EVENTS.strip().splitlines()[1:]]
+    path = tmp_path / f"events{suffix}"
+    if suffix.startswith(".parquet"):
+        pq.write_table(pa.table({"user": [r[0] for r in rows], "item": [r[1] for r in rows],
+                                 "ts": [int(r[2]) for r in rows]}), path)
+    else:
+        if suffix.startswith(".jsonl"):
+            text = "".join(json.dumps({"user": r[0], "item": r[1], "ts": int(r[2])}) + "\n" for r in rows)
+        else:
+            text = EVENTS.replace(",", "\t") if suffix == ".tsv" else EVENTS
+        data = text.encode("utf-8")
+        path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    data = _load(path, timestamp="ts")
+    assert data.interactions["user"].tolist() == [r[0] for r in rows]
+    assert data.interactions["item"].tolist() == [r[1] for r in rows]
+    assert data.interactions["ts"].tolist() == [int(r[2]) for r in rows]
+
+
+def test_a_directory_or_glob_of_shards_reads_every_shard_in_name_order(tmp_path):
+    lines = EVENTS.strip().splitlines()
+    _write(tmp_path / "shards" / "part-0.csv", "\n".join([lines[0], *lines[1:5]]) + "\n")
+    _write(tmp_path / "shards" / "part-1.csv", "\n".join([lines[0], *lines[5:]]) + "\n")
+    _write(tmp_path / "shards" / "_SUCCESS", "")
+    whole = _load(_write(tmp_path / "whole.csv", EVENTS))
+    for path in (tmp_path / "shards", tmp_path / "shards" / "part-*.csv"):
+        sharded = _load(path)
+        assert sharded.interactions["user"].tolist() == whole.interactions["user"].tolist()
+        assert len(sharded.sources) == 2
+
+
+def test_candidates_and_queries_tables_join_their_columns(tmp_path):
+    events = _write(tmp_path / "e.csv", EVENTS)
+    items = _write(tmp_path / "items.csv", "item,genre\nc,drama\nb,comedy\na,drama\nd,horror\n")
+    users = _write(tmp_path / "users.csv", "user,age\n1,30\n2,40\n3,50\n")
+    data = _load(events, candidates=str(items), queries=str(users))
+    # The candidate set is the candidates table, in its order, including never-seen 'd'.
+    assert data.candidate_ids.tolist() == ["c", "b", "a", "d"]
+    genre_of = dict(zip(data.candidate_features["item"].tolist(), data.candidate_features["genre"].tolist()))
+    assert data.interactions["genre"].tolist() == [genre_of[i] for i in data.interactions["item"].tolist()]
+    assert data.interactions["age"].tolist() == [int(u) * 10 + 20 for u in data.interactions["user"].tolist()]
+    assert data.candidate_feature_columns == ("genre",) and data.query_feature_columns == ("age",)
+
+
+def test_duplicated_rows_are_kept_and_counted(tmp_path):
+    data = _load(_write(tmp_path / "e.csv", "user,item,ts\n1,a,5\n1,a,5\n1,a,6\n2,b,1\n1,a,5\n3,c,2\n"),
+                 timestamp="ts")
+    assert len(data.interactions["user"]) == 6
+    assert data.duplicate_rows == 2
+
+
+def test_from_arrow_matches_the_file(tmp_path):
+    path = _write(tmp_path / "e.csv", EVENTS)
+    table = pa.table({"user": ["1", "2", "1", "3", "2", "3", "1", "2", "3", "1"],
+                      "item": ["a", "b", "c", "a", "a", "c", "b", "c", "b", "a"]})
+    from_table = InteractionsDataset.from_arrow(table, query_id="user", candidate_id="item")
+    from_file = _load(path)
+    assert _pairs(from_table, from_table.train_rows) == _pairs(from_file, from_file.train_rows)
+    assert from_table.test_rows.tolist() == from_file.test_rows.tolist()
+
+
+# --- Splits -------------------------------------------------------------------------------------
+
+
+def test_random_split_gives_movielens_rows(data_dir, tmp_path):
+    movielens = towerkit.load_dataset("movielens-100k", data_dir=str(data_dir), source="files")
+    columns = {"user_id": movielens.interactions["user_id"], "movie_id": movielens.interactions["movie_id"],
+               "timestamp": movielens.interactions["timestamp"]}
+    table = pa.table(columns)
+    pq.write_table(table, tmp_path / "ratings.parquet")
+    with open(tmp_path / "ratings.csv", "w", encoding="utf-8") as handle:
+        handle.write("user_id,movie_id,timestamp\n")
+        handle.writelines(f"{u},{m},{t}\n" for u, m, t in zip(*columns.values()))
+    for name in ("ratings.csv", "ratings.parquet"):
+        data = _load(tmp_path / name, query_id="user_id", candidate_id="movie_id", timestamp="timestamp")
+        assert data.train_rows.tolist() == movielens.train_rows.tolist()
+        assert _pairs(data, data.test_rows) == set(zip(movielens.interactions["user_id"][movielens.test_rows].tolist(),
+                                                       movielens.interactions["movie_id"][movielens.test_rows].tolist()))
+
+
+def test_validation_is_carved_from_train_never_from_test(tmp_path):
+    path = _write(tmp_path / "e.csv", "user,item\n" + "".join(f"{i % 7},{i % 11}\n" for i in range(200)))
+    plain = _load(path)
+    with_validation = _load(path, validation_fraction=0.1)
+    assert with_validation.test_rows.tolist() == plain.test_rows.tolist()
+    assert len(with_validation.validation_rows) == 20
+    assert set(with_validation.train_rows) | set(with_validation.validation_rows) == set(plain.train_rows)
+    assert not set(with_validation.train_rows) & set(with_validation.validation_rows)
+
+
+def test_temporal_split_cuts_the_last_share_of_time(tmp_path):
+    data = _load(_write(tmp_path / "e.csv", EVENTS), timestamp="ts", split="temporal", test_fraction=0.2,
+                 validation_fraction=0.1)
+    times = data.interactions["ts"]
+    # Time runs 100..950: test is after 950 - 0.2 * 850 = 780, validation after 695.
+    assert sorted(times[data.test_rows].tolist()) == [800, 900, 950]
+    assert times[data.validation_rows].tolist() == [700]
+    assert times[data.train_rows].max() < times[data.validation_rows].min()
+
+
+def test_leave_last_holds_out_each_querys_last_interactions(tmp_path):
+    data = _load(_write(tmp_path / "e.csv", EVENTS + "4,a,50\n"), timestamp="ts", split="leave-last", leave_last=2)
+    test = data.interactions["ts"][data.test_rows].tolist()
+    # Users 1, 2, 3 keep 100/300, 200, 400 in train; their last two by time are test.
+    assert sorted(test) == [500, 600, 700, 800, 900, 950]
+    # User 4 has one interaction, so it stays in train.
+    assert "4" in data.interactions["user"][data.train_rows].tolist()
+
+
+# --- Bad input: one clear error each, nothing written --------------------------------------------
+
+
+def _parquet(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+BAD_INPUTS = {
+    "missing column": (lambda d: _write(d / "e.csv", EVENTS), {"candidate_id": "itme"},
+                       ConfigError, ["'itme'", "did you mean 'item'", "user, item, ts"]),
+    "empty file": (lambda d: _write(d / "e.csv", ""), {}, DataError, ["e.csv is empty"]),
+    "header only": (lambda d: _write(d / "e.csv", "user,item\n"), {}, DataError, ["has no rows"]),
+    "empty id": (lambda d: _write(d / "e.csv", "user,item\n1,a\n,b\n"), {}, DataError,
+                 ["e.csv row 2 (line 3)", "empty id", "'user'"]),
+    "null id": (lambda d: _parquet(d / "e.parquet", pa.table({"user": ["1", None], "item": ["a", "b"]})), {},
+                DataError, ["e.parquet row 2", "empty id"]),
+    "float ids": (lambda d: _parquet(d / "e.parquet", pa.table({"user": [1.5, 2.0], "item": ["a", "b"]})), {},
+                  DataError, ["ids must be strings or integers"]),
+    "bad timestamp": (lambda d: _write(d / "e.csv", "user,item,ts\n1,a,2024-01-01\n2,b,yesterday\n"),
+                      {"timestamp": "ts"}, DataError, ["row 2", "'yesterday'", "ISO 8601"]),
+    "missing timestamp": (lambda d: _write(d / "e.csv", "user,item,ts\n1,a,5\n2,b,\n"), {"timestamp": "ts"},
+                          DataError, ["row 2", "no timestamp"]),
+    "mixed types jsonl": (lambda d: _write(d / "e.jsonl", '{"user": "1", "item": "a", "n": 1}\n'
+                                           '{"user": "2", "item": "b", "n": "two"}\n'), {}, DataError,
+                          ["mixes value types"]),
+    "mixed types csv": (lambda d: _write(d / "e.csv", "user,item,n\n1,a,1\n2,b,2\n3,c,3\n4,d,x\n"), {},
+                        DataError, ["'n' mixes numbers and text", "row 4", "'x'"]),
+    "mixed types across shards": (
+        lambda d: (_write(d / "s" / "a.jsonl", '{"user": "1", "item": "a", "n": 1}\n'),
+                   _write(d / "s" / "b.jsonl", '{"user": "2", "item": "b", "n": "x"}\n'))[0].parent,
+        {}, DataError, ["'n' mixes value types", "a.jsonl", "b.jsonl"]),
+    "non-UTF-8": (lambda d: _write(d / "e.csv", b"user,item\n1,caf\xe9\n2,b\n"), {}, DataError,
+                  ["not valid UTF-8", "line 2"]),
+    "candidates missing ids": (
+        lambda d: (_write(d / "e.csv", EVENTS), _write(d / "items.csv", "item,genre\na,x\nb,y\n"))[0],
+        {"candidates": "items.csv"}, DataError, ["items.csv lacks 1 item value", "'c'"]),
+    "candidates id twice": (
+        lambda d: (_write(d / "e.csv", EVENTS), _write(d / "items.csv", "item,genre\na,x\nb,y\nc,z\nb,w\n"))[0],
+        {"candidates": "items.csv"}, DataError, ["holds id 'b' twice", "row 2", "row 4"]),
+    "glob matches nothing": (lambda d: d / "nothing-*.csv", {}, DataError, ["matches no"]),
+    "no test rows": (lambda d: _write(d / "e.csv", "user,item,ts\n1,a,5\n2,b,5\n1,b,5\n"),
+                     {"timestamp": "ts", "split": "temporal"}, DataError, ["leaves no test rows"]),
+    "no train rows": (lambda d: _write(d / "e.csv", "user,item\n1,a\n"), {"test_fraction": 0.9}, DataError,
+                      ["leaves no train rows"]),
+    "unknown split": (lambda d: _write(d / "e.csv", EVENTS), {"split": "temporl"}, ConfigError,
+                      ["did you mean 'temporal'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case):
+    make, options, error, fragments = BAD_INPUTS[case]
+    path = make(tmp_path)
+    options = {k: str(tmp_path / v) if k in ("candidates", "queries") else v for k, v in options.items()}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(error) as raised:
+        _load(path, **options)
+    message = str(raised.value)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert "\n" not in message
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
