@@ -24,7 +24,7 @@ keys = st.one_of(st.sampled_from(["name", "epochs", "batch_size", "embedding_dim
 def test_any_registry_name_is_found_or_a_towerkit_error(name):
     for kind in ("towers", "tasks", "indexes", "datasets"):
         try:
-            towerkit.registry(kind).get(name)
+            towerkit.get_registry(kind).get(name)
         except TowerkitError as exc:
             assert str(exc)
 

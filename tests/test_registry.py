@@ -65,9 +65,9 @@ def test_name_of_another_kind_says_so():
 
 
 def test_qualified_name_resolves():
-    assert towerkit.registry("towers").get("towerkit:user").name == "user"
+    assert towerkit.get_registry("towers").get("towerkit:user").name == "user"
     with pytest.raises(UnknownComponentError):
-        towerkit.registry("towers").get("other-dist:user")
+        towerkit.get_registry("towers").get("other-dist:user")
 
 
 def test_lazy_factory_is_imported_on_first_use(towers):
@@ -106,4 +106,4 @@ def test_public_listing_and_describe():
 
 def test_unknown_kind():
     with pytest.raises(UnknownComponentError, match="did you mean 'towers'"):
-        towerkit.registry("tower")
+        towerkit.get_registry("tower")

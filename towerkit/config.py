@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from towerkit.errors import ConfigError
-from towerkit.registry import accepted_options, registry
+from towerkit.components import get_registry
+from towerkit.registry import accepted_options
 
 RECIPE_DIR = "recipes"
 
@@ -160,7 +161,7 @@ def _resolve_component(given: dict[str, Any] | None, section: str, kind: str, or
         raise ConfigError(f"[{section}] in {origin} needs a 'name', e.g. name = \"...\" (see `towerkit list {kind}`).")
     name = given["name"]
     _check_type(name, str, f"{section}.name in {origin}")
-    entry = registry(kind).get(name)
+    entry = get_registry(kind).get(name)
     options, takes_any = accepted_options(entry.load())
     pipeline_keys = INDEX_PIPELINE_KEYS if section == "index" else {}
     supplied = SUPPLIED_OPTIONS.get(section, set())
@@ -171,7 +172,7 @@ def _resolve_component(given: dict[str, Any] | None, section: str, kind: str, or
         if key == "name" or value is None:
             continue
         if key in supplied or (not takes_any and key not in allowed):
-            raise _unknown_key(key, ["name", *allowed], f"[{section}] ({registry(kind).noun} '{name}') of {origin}")
+            raise _unknown_key(key, ["name", *allowed], f"[{section}] ({get_registry(kind).noun} '{name}') of {origin}")
         if key in pipeline_keys:
             _check_type(value, pipeline_keys[key][0], f"{section}.{key} in {origin}")
         component[key] = value

@@ -25,7 +25,13 @@ def _unwrap(message: str) -> str:
 
 
 class TowerkitError(Exception):
-    """Base class of every error caused by the user's input or environment."""
+    """Base class of every error caused by the user's input or environment.
+
+    Its text is the message itself: Keras' re-raise decoration is undone, and
+    subclasses that are also ``KeyError`` print plain text rather than
+    ``KeyError``'s quoted repr (this ``__str__`` precedes ``KeyError``'s in
+    their method resolution order).
+    """
 
     def __str__(self) -> str:
         return _unwrap(str(self.args[0])) if self.args else ""
@@ -34,12 +40,9 @@ class TowerkitError(Exception):
 class UnknownComponentError(TowerkitError, KeyError):
     """A component name is not registered under the kind asked for.
 
-    It subclasses ``KeyError`` so that ``except KeyError`` keeps working, but
-    its message is shown as plain text rather than KeyError's quoted repr.
+    It subclasses ``KeyError`` so that ``except KeyError`` keeps working; its
+    message is shown as plain text (see :class:`TowerkitError`).
     """
-
-    def __str__(self) -> str:
-        return _unwrap(str(self.args[0])) if self.args else ""
 
 
 class DuplicateComponentError(TowerkitError):
@@ -56,6 +59,3 @@ class DataError(TowerkitError):
 
 class FeatureError(TowerkitError, KeyError):
     """A component needs a feature key that the data does not have."""
-
-    def __str__(self) -> str:
-        return _unwrap(str(self.args[0])) if self.args else ""

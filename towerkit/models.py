@@ -21,6 +21,7 @@ from towerkit.datasets.base import to_tf_dataset
 from towerkit.embedding import candidate_columns, embed_candidates
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.components import get_registry
+from towerkit.contracts import check_assembly
 
 STYLES = ("tfrs", "train_step")
 
@@ -193,6 +194,7 @@ def assemble(
         adapt_values = data.adapt_features()
         query_tower.adapt(adapt_values)
         candidate_tower.adapt(adapt_values)
+    check_assembly(query_tower, candidate_tower, data)  # one clear error for a broken tower, not one at fit
 
     if isinstance(task, (str, Mapping)):
         defaults = {}

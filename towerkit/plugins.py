@@ -14,19 +14,22 @@ a warning; whatever it had registered is rolled back, and the rest keep working.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pluggy
 
 from towerkit import builtins, hookspecs
 from towerkit.errors import DuplicateComponentError, TowerkitError
-from towerkit.registry import BUILTIN_SOURCE, REGISTRIES, Entry
+from towerkit.registry import BUILTIN_SOURCE, KINDS, REGISTRIES, Entry
 
 ENTRY_POINT_GROUP = "towerkit"
 ALLOW_ENV = "TOWERKIT_PLUGINS"
@@ -78,6 +81,77 @@ def _strict() -> bool:
     return os.environ.get(STRICT_ENV, "").strip() not in ("", "0", "false", "no")
 
 
+def blocked_advice(dist: str) -> str:
+    """How to allow a distribution that ``TOWERKIT_PLUGINS`` blocks."""
+    allowed = sorted(allowed_plugins() or ())
+    return (f"blocked by {ALLOW_ENV}={','.join(allowed)!r}; add it ({ALLOW_ENV}={','.join([*allowed, dist])}) "
+            f"or unset {ALLOW_ENV} to load every installed plugin")
+
+
+def missing_distribution_advice(dist: str) -> str:
+    """Why components of a distribution are unavailable, and what to do: blocked, failed, or not installed."""
+    load_plugins()
+    info = next((p for p in _plugins.values() if _normalise(p.name) == _normalise(dist)), None)
+    if info is not None and info.status == "blocked":
+        return f"the {dist} plugin is installed but {blocked_advice(dist)}"
+    if info is not None and info.status == "failed":
+        return f"the {dist} plugin is installed but failed to load ({info.error}); reinstall or upgrade it"
+    return f"the {dist} distribution is not installed; `pip install {dist}`"
+
+
+def component_label(entry: Entry) -> str:
+    """``kind:name`` as `towerkit plugins` lists it, marking a clash loser as shadowed."""
+    label = f"{KINDS[entry.kind]}:{entry.name}"
+    if entry.shadowed_by:
+        label += f" (shadowed by {entry.shadowed_by}; use '{entry.source}:{entry.name}')"
+    return label
+
+
+class _InterruptWatch:
+    """Tells a real Ctrl-C (SIGINT) apart from a KeyboardInterrupt that plugin code raises itself.
+
+    While active, a SIGINT is recorded and then handled as before (normally by
+    raising KeyboardInterrupt). Outside the main thread no handler can be set,
+    and a real Ctrl-C is delivered to the main thread anyway.
+    """
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_InterruptWatch":
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+            except (ValueError, OSError):  # e.g. an embedded interpreter without signals
+                self._installed = False
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+        elif self._previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.SIG_DFL if self._previous is None else self._previous)
+
+    def is_real(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the user's own Ctrl-C, which must propagate rather than be isolated."""
+        return isinstance(exc, KeyboardInterrupt) and self.signalled
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[None]:
+    """Runs plugin code with its prints sent to stderr, so that stdout stays clean for ``--json``."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def _fail(info: PluginInfo, error: str, what: str, advice: str) -> None:
     """Records a plugin as failed and warns once, naming the distribution and the error."""
     info.status = "failed"
@@ -85,32 +159,32 @@ def _fail(info: PluginInfo, error: str, what: str, advice: str) -> None:
     warnings.warn(f"plugin {info.name} {what} and was skipped ({error}); {advice}", PluginWarning, stacklevel=3)
 
 
-def _make_register(kind: str, info: PluginInfo):
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): a plugin must not exit the program"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _make_register(kind: str, info: PluginInfo) -> Callable[..., Entry]:
     registry = REGISTRIES[kind]
 
     def register(name, factory, *, aliases=(), description=""):
+        details = dict(aliases=aliases, description=description, source=info.name, version=info.version)
         try:
-            entry = registry.register(
-                name,
-                factory,
-                aliases=aliases,
-                description=description,
-                source=info.name,
-                version=info.version,
-            )
-        except DuplicateComponentError as exc:
+            entry = registry.register(name, factory, **details)
+        except DuplicateComponentError:
             if _strict() or info.name == BUILTIN_SOURCE:
                 raise
-            # Plugins load in sorted distribution order, so the earlier one wins.
+            # Plugins load in sorted distribution order, so the earlier one keeps the name;
+            # the later one's component stays reachable by its qualified name.
+            entry = registry.register_shadowed(name, factory, **details)
             warnings.warn(
-                f"plugin {info.name} registers {registry.noun} '{name}', which "
-                f"{registry.get(name).source} already provides; keeping the latter "
-                f"(set {STRICT_ENV}=1 to make this an error).",
+                f"plugin {info.name} registers {registry.noun} '{name}', which {entry.shadowed_by} "
+                f"already provides; '{name}' stays {entry.shadowed_by}'s, and {info.name}'s is "
+                f"'{info.name}:{name}' (set {STRICT_ENV}=1 to make this an error).",
                 PluginWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
-            del exc
-            return None
         if entry not in info.components:
             info.components.append(entry)
         return entry
@@ -120,39 +194,83 @@ def _make_register(kind: str, info: PluginInfo):
 
 def _rollback(info: PluginInfo) -> None:
     for entry in info.components:
-        registry = REGISTRIES[entry.kind]
-        if registry._entries.get(entry.name) is entry:
-            registry.unregister(entry.name)
+        REGISTRIES[entry.kind].remove(entry)
     info.components.clear()
 
 
-def _run_hooks(plugin: Any, info: PluginInfo, manager: pluggy.PluginManager) -> None:
-    """Calls one plugin's hook implementations, isolating its failures."""
+def _run_hooks(plugin: Any, info: PluginInfo, manager: pluggy.PluginManager, watch: _InterruptWatch) -> bool:
+    """Calls one plugin's hook implementations, isolating its failures; returns whether they all ran."""
     try:
-        for hook_name, kind in HOOK_KINDS.items():
-            for impl in getattr(manager.hook, hook_name).get_hookimpls():
-                if impl.plugin is plugin:
-                    impl.function(register=_make_register(kind, info))
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not break towerkit
+        with plugin_code():
+            for hook_name, kind in HOOK_KINDS.items():
+                for impl in getattr(manager.hook, hook_name).get_hookimpls():
+                    if impl.plugin is plugin:
+                        impl.function(register=_make_register(kind, info))
+    except BaseException as exc:  # noqa: BLE001 - a plugin's bug (even sys.exit) must not end towerkit
         _rollback(info)
-        if info.name == BUILTIN_SOURCE or (_strict() and isinstance(exc, TowerkitError)):
+        if watch.is_real(exc) or info.name == BUILTIN_SOURCE or (_strict() and isinstance(exc, TowerkitError)):
             raise
-        _fail(info, f"{type(exc).__name__}: {exc}", "raised in a hook", "upgrade or uninstall it.")
-
-
-def _check_hook_names(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> bool:
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        manager.unregister(plugin)
-        _fail(info, str(exc), "implements a hook towerkit does not define", f"hooks are: {', '.join(HOOK_KINDS)}.")
+        _fail(info, _describe(exc), "raised in a hook", "upgrade or uninstall it.")
         return False
     return True
+
+
+def _add_plugin(plugin: Any, name: str, info: PluginInfo, manager: pluggy.PluginManager,
+                watch: _InterruptWatch) -> str:
+    """Registers a plugin object with pluggy and runs its hooks.
+
+    Returns:
+        ``"loaded"``, ``"invalid"`` (pluggy refused it, or it implements a hook
+        towerkit does not define; it is then fully unregistered, so that no
+        later plugin is blamed for it) or ``"raised"`` (a hook raised).
+    """
+    try:
+        manager.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        if manager.get_plugin(name) is not None:  # older pluggy registers hook by hook
+            manager.unregister(name=name)
+        _fail(info, str(exc), "has an invalid hook implementation",
+              "each hook takes a single argument named 'register'.")
+        return "invalid"
+    unknown = sorted(c.name for c in manager.get_hookcallers(plugin) or () if not c.has_spec())
+    if unknown:
+        manager.unregister(name=name)
+        _fail(info, f"unknown hook(s) {', '.join(unknown)}", "implements a hook towerkit does not define",
+              f"hooks are: {', '.join(HOOK_KINDS)}.")
+        return "invalid"
+    try:
+        ran = _run_hooks(plugin, info, manager, watch)
+    except BaseException:  # a real Ctrl-C, or strict mode's clash: leave nothing of the plugin behind
+        manager.unregister(name=name)
+        raise
+    if not ran:
+        manager.unregister(name=name)
+        return "raised"
+    return "loaded"
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
     eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     return sorted(eps, key=lambda ep: (_normalise(ep.dist.name if ep.dist else ep.name), ep.name))
+
+
+def _load_entry_point(ep: metadata.EntryPoint, manager: pluggy.PluginManager, allowed: set[str] | None,
+                      watch: _InterruptWatch) -> None:
+    dist = ep.dist.name if ep.dist else ep.name
+    info = _plugins.setdefault(dist, PluginInfo(dist, ep.dist.version if ep.dist else ""))
+    if allowed is not None and _normalise(dist) not in allowed:
+        info.status = "blocked"
+        info.error = blocked_advice(dist)
+        return
+    try:
+        with plugin_code():
+            plugin = ep.load()
+    except BaseException as exc:  # noqa: BLE001 - isolate broken plugins, even one that calls sys.exit
+        if watch.is_real(exc):
+            raise
+        _fail(info, f"{ep.name}: {_describe(exc)}", "failed to import", "reinstall or uninstall it.")
+        return
+    _add_plugin(plugin, f"{dist}:{ep.name}", info, manager, watch)
 
 
 def load_plugins() -> None:
@@ -168,51 +286,50 @@ def load_plugins() -> None:
         _manager = manager
         builtin_info = PluginInfo(BUILTIN_SOURCE, _own_version())
         _plugins[BUILTIN_SOURCE] = builtin_info
-        manager.register(builtins, name=BUILTIN_SOURCE)
-        _run_hooks(builtins, builtin_info, manager)
-
-        allowed = allowed_plugins()
-        for ep in _entry_points():
-            dist = ep.dist.name if ep.dist else ep.name
-            info = _plugins.setdefault(dist, PluginInfo(dist, ep.dist.version if ep.dist else ""))
-            if allowed is not None and _normalise(dist) not in allowed:
-                info.status = "blocked"
-                info.error = f"not in {ALLOW_ENV}"
-                continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - isolate broken plugins
-                _fail(info, f"{ep.name}: {type(exc).__name__}: {exc}", "failed to import", "reinstall or uninstall it.")
-                continue
-            try:
-                manager.register(plugin, name=f"{dist}:{ep.name}")
-            except pluggy.PluginValidationError as exc:
-                _fail(info, str(exc), "has an invalid hook implementation",
-                      "each hook takes a single argument named 'register'.")
-                continue
-            if _check_hook_names(manager, plugin, info):
-                _run_hooks(plugin, info, manager)
+        with _InterruptWatch() as watch:
+            _add_plugin(builtins, BUILTIN_SOURCE, builtin_info, manager, watch)
+            allowed = allowed_plugins()
+            for ep in _entry_points():
+                _load_entry_point(ep, manager, allowed, watch)
+        for info in _plugins.values():
+            if info.status == "failed":  # a distribution with one bad entry point registers nothing
+                _rollback(info)
         _loaded = True
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> PluginInfo:
     """Registers a plugin object (a module or class with hook implementations) from code.
 
+    A hook that raises makes the plugin ``failed`` (with a warning) and
+    registers nothing; in strict mode a name clash raises instead.
+
     Args:
         plugin: An object whose functions are marked with ``towerkit.hookimpl``.
         name: The source name shown in listings; defaults to the object's name.
+
+    Returns:
+        The plugin's :class:`PluginInfo`.
+
+    Raises:
+        TowerkitError: The name is taken, or a hook implementation is invalid
+            (a wrong argument name, or a hook towerkit does not define).
     """
     load_plugins()
     name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
     with _lock:
+        if name in _plugins or _manager.get_plugin(name) is not None or _manager.is_registered(plugin):
+            raise TowerkitError(f"a plugin named '{name}' (or this very object) is already registered; "
+                                f"pass another name, or call unregister_plugin('{name}') first.")
         info = PluginInfo(name)
-        _manager.register(plugin, name=name)
-        if not _check_hook_names(_manager, plugin, info):
-            raise TowerkitError(f"plugin {name} was not registered: {info.error}")
+        with warnings.catch_warnings(record=True) as caught, _InterruptWatch() as watch:
+            warnings.simplefilter("always")
+            outcome = _add_plugin(plugin, name, info, _manager, watch)
+        if outcome == "invalid":
+            raise TowerkitError(f"plugin {name} was not registered: {info.error}; each hook takes a single "
+                                f"argument named 'register', and the hooks are {', '.join(HOOK_KINDS)}.")
+        for caught_warning in caught:  # the error above says it all; otherwise pass the warnings on
+            warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
         _plugins[name] = info
-        _run_hooks(plugin, info, _manager)
-        if info.status == "failed":
-            _manager.unregister(plugin)
         return info
 
 

@@ -2,15 +2,20 @@
 
 Components are registered by plugins (the built-ins included) through the
 hooks in :mod:`towerkit.hookspecs`; this module only stores and resolves them.
-Plugins are loaded on the first access to any registry.
+It imports no other towerkit module but the errors: loading plugins lives in
+:mod:`towerkit.plugins`, and the public functions that load plugins before
+they look anything up (``get_registry``, ``create_tower`` ...) live in
+:mod:`towerkit.components`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -36,7 +41,7 @@ def _article(noun: str) -> str:
     return "an" if noun[0] in "aeiou" else "a"
 
 
-@dataclass
+@dataclass(eq=False)  # entries compare by identity: two registrations are two entries
 class Entry:
     """One registered component.
 
@@ -48,6 +53,8 @@ class Entry:
         description: A one-line description.
         source: ``"towerkit"`` for built-ins, else the plugin's distribution.
         version: The source distribution's version, when known.
+        shadowed_by: For an entry that lost a name clash, the distribution
+            that won it; such an entry resolves only as ``source:name``.
     """
 
     name: str
@@ -57,6 +64,7 @@ class Entry:
     description: str = ""
     source: str = BUILTIN_SOURCE
     version: str = ""
+    shadowed_by: str = ""
     _resolved: Any = field(default=None, repr=False)
 
     def load(self) -> Callable[..., Any]:
@@ -64,21 +72,25 @@ class Entry:
         if self._resolved is None:
             factory = self.factory
             if isinstance(factory, str):
-                module_name, _, attr = factory.partition(":")
-                try:
-                    factory = getattr(importlib.import_module(module_name), attr)
-                except (ImportError, AttributeError) as exc:
-                    raise TowerkitError(
-                        f"{KINDS[self.kind]} '{self.name}' from {self.source} could not be "
-                        f"imported from '{self.factory}' ({exc}); reinstall {self.source} "
-                        "or report it to its author."
-                    ) from exc
+                factory = self._import(factory)
             self._resolved = factory
         return self._resolved
 
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.source}:{self.name}"
+    def _import(self, factory: str) -> Any:
+        module_name, _, attr = factory.partition(":")
+        builtin = self.source == BUILTIN_SOURCE
+        # A plugin's module is plugin code: any failure there (even sys.exit) is its fault, and
+        # its prints go to stderr so that stdout stays clean for --json.
+        failures = (ImportError, AttributeError) if builtin else (Exception, SystemExit)
+        try:
+            with contextlib.nullcontext() if builtin else contextlib.redirect_stdout(sys.stderr):
+                return getattr(importlib.import_module(module_name), attr)
+        except failures as exc:
+            raise TowerkitError(
+                f"{KINDS[self.kind]} '{self.name}' from {self.source} could not be "
+                f"imported from '{factory}' ({type(exc).__name__}: {exc}); reinstall {self.source} "
+                "or report it to its author."
+            ) from exc
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -108,6 +120,10 @@ def _check_factory(name: str, factory: Any, noun: str) -> None:
 class Registry:
     """The components of one kind, by name.
 
+    Each name (or alias) resolves to one active entry. An entry that lost a
+    name clash to another distribution is kept as *shadowed*: it is reachable
+    only by its qualified name ``distribution:name``.
+
     Args:
         kind: The plural kind, one of :data:`KINDS`.
     """
@@ -117,6 +133,7 @@ class Registry:
         self.noun = KINDS[kind]
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
+        self._shadowed: list[Entry] = []
 
     def register(
         self,
@@ -132,9 +149,40 @@ class Registry:
         """Adds a component.
 
         Registering the identical factory under the same name again is a no-op;
-        a different factory raises :class:`DuplicateComponentError` unless
-        ``override`` is true.
+        a different factory under a name or alias already taken raises
+        :class:`DuplicateComponentError` unless ``override`` is true, which
+        replaces the existing entry.
         """
+        entry = self._new_entry(name, factory, aliases, description, source, version)
+        existing = self._lookup(name)
+        if existing is not None and existing.name == name and existing.factory == factory and not override:
+            return existing
+        clashes = self._clashes(entry)
+        if clashes and not override:
+            other = clashes[0]
+            raise DuplicateComponentError(
+                f"{self.noun} '{name}' is already registered by {other.source}, and "
+                f"{source} registers a different one; rename one of them, or pass "
+                "override=True to replace it."
+            )
+        for other in clashes:
+            self.remove(other)
+        self._activate(entry)
+        return entry
+
+    def register_shadowed(self, name: str, factory: Any, *, aliases: Iterable[str] = (), description: str = "",
+                          source: str = BUILTIN_SOURCE, version: str = "") -> Entry:
+        """Keeps a component that lost a name clash, reachable only as ``source:name``."""
+        entry = self._new_entry(name, factory, aliases, description, source, version)
+        winner = self._clashes(entry)
+        entry.shadowed_by = winner[0].source if winner else ""
+        if not winner:
+            self._activate(entry)
+        else:
+            self._shadowed.append(entry)
+        return entry
+
+    def _new_entry(self, name, factory, aliases, description, source, version) -> Entry:
         _check_name(name, f"A {self.noun} name")
         if ":" in name:
             raise ConfigError(
@@ -145,36 +193,44 @@ class Registry:
         aliases = tuple(aliases)
         for alias in aliases:
             _check_name(alias, f"An alias of {self.noun} '{name}'")
-        existing = self._lookup(name)
-        if existing is not None and not override:
-            if existing.factory == factory and existing.name == name:
-                return existing
-            raise DuplicateComponentError(
-                f"{self.noun} '{name}' is already registered by {existing.source}, and "
-                f"{source} registers a different one; rename one of them, or pass "
-                "override=True to replace it."
-            )
-        if existing is not None:
-            self.unregister(existing.name)
-        entry = Entry(
-            name=name,
-            factory=factory,
-            kind=self.kind,
-            aliases=aliases,
-            description=description,
-            source=source,
-            version=version,
-        )
-        self._entries[name] = entry
-        for alias in aliases:
-            self._aliases[alias] = name
-        return entry
+        return Entry(name=name, factory=factory, kind=self.kind, aliases=aliases,
+                     description=description, source=source, version=version)
 
-    def unregister(self, name: str) -> None:
-        entry = self.get(name)
+    def _clashes(self, entry: Entry) -> list[Entry]:
+        """The active entries that already answer to the entry's name or one of its aliases."""
+        found = [self._lookup(key) for key in (entry.name, *entry.aliases) if ":" not in key]
+        return list({id(e): e for e in found if e is not None}.values())
+
+    def _activate(self, entry: Entry) -> None:
+        self._entries[entry.name] = entry
+        for alias in entry.aliases:
+            self._aliases[alias] = entry.name
+
+    def remove(self, entry: Entry) -> bool:
+        """Removes one entry (active or shadowed); returns whether it was registered here.
+
+        When an active entry goes, the first shadowed entry that clashed with
+        it, if any, takes its place.
+        """
+        if entry in self._shadowed:
+            self._shadowed.remove(entry)
+            return True
+        if self._entries.get(entry.name) is not entry:
+            return False
         del self._entries[entry.name]
         for alias in entry.aliases:
-            self._aliases.pop(alias, None)
+            if self._aliases.get(alias) == entry.name:
+                del self._aliases[alias]
+        for waiting in list(self._shadowed):
+            if not self._clashes(waiting):
+                self._shadowed.remove(waiting)
+                waiting.shadowed_by = ""
+                self._activate(waiting)
+        return True
+
+    def unregister(self, name: str) -> None:
+        """Removes the active entry that ``name`` resolves to."""
+        self.remove(self.get(name))
 
     def _lookup(self, name: str) -> Entry | None:
         if name in self._entries:
@@ -186,6 +242,9 @@ class Registry:
             entry = self._lookup(short)
             if entry is not None and entry.source == source:
                 return entry
+            for entry in self._shadowed:
+                if entry.source == source and short in (entry.name, *entry.aliases):
+                    return entry
         return None
 
     def get(self, name: str) -> Entry:
@@ -213,6 +272,7 @@ class Registry:
         )
 
     def names(self, include_aliases: bool = False) -> list[str]:
+        """The sorted names of the active entries (and their aliases, if asked)."""
         names = set(self._entries)
         if include_aliases:
             names |= set(self._aliases)
@@ -222,15 +282,27 @@ class Registry:
         """Returns the sorted canonical names matching an fnmatch pattern."""
         return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
 
-    def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+    def entries(self, include_shadowed: bool = False) -> list[Entry]:
+        """The active entries by name, then (if asked) the shadowed ones."""
+        active = [self._entries[n] for n in self.names()]
+        return active + (sorted(self._shadowed, key=lambda e: (e.name, e.source)) if include_shadowed else [])
 
     def create(self, name: str, **config: Any) -> Any:
-        """Builds the component ``name`` from keyword config."""
+        """Builds the component ``name`` from keyword config.
+
+        The result is tagged with ``registered_name`` (where it takes
+        attributes), so that error messages can name the component as the user
+        wrote it rather than, say, its Keras layer name.
+        """
         entry = self.get(name)
         factory = entry.load()
         check_config(factory, config, f"{self.noun} '{entry.name}'")
-        return factory(**config)
+        component = factory(**config)
+        try:
+            component.registered_name = entry.name
+        except (AttributeError, TypeError):  # e.g. built-in types or __slots__ classes
+            pass
+        return component
 
 
 def accepted_options(factory: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -263,72 +335,3 @@ def check_config(factory: Callable[..., Any], config: dict[str, Any], what: str)
 
 
 REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
-
-
-def registry(kind: str) -> Registry:
-    """Returns the registry of a kind, loading plugins on first use."""
-    if kind not in REGISTRIES:
-        close = difflib.get_close_matches(kind, list(KINDS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UnknownComponentError(
-            f"unknown component kind '{kind}'; {hint}kinds are: {', '.join(KINDS)}."
-        )
-    from towerkit import plugins
-
-    plugins.load_plugins()
-    return REGISTRIES[kind]
-
-
-def create_tower(name: str, **config: Any) -> Any:
-    """Builds a registered tower by name.
-
-    Example:
-        >>> tower = towerkit.create_tower("user", vocabulary=["1", "2"], embedding_dim=8)
-    """
-    return registry("towers").create(name, **config)
-
-
-def create_task(name: str, **config: Any) -> Any:
-    """Builds a registered task by name."""
-    return registry("tasks").create(name, **config)
-
-
-def create_index(name: str, **config: Any) -> Any:
-    """Builds a registered index backend by name."""
-    return registry("indexes").create(name, **config)
-
-
-def load_dataset(name: str, **config: Any) -> Any:
-    """Loads a registered dataset by name."""
-    return registry("datasets").create(name, **config)
-
-
-def list_towers(pattern: str = "*") -> list[str]:
-    return registry("towers").list(pattern)
-
-
-def list_tasks(pattern: str = "*") -> list[str]:
-    return registry("tasks").list(pattern)
-
-
-def list_indexes(pattern: str = "*") -> list[str]:
-    return registry("indexes").list(pattern)
-
-
-def list_datasets(pattern: str = "*") -> list[str]:
-    return registry("datasets").list(pattern)
-
-
-def describe(kind: str, name: str) -> dict[str, Any]:
-    """Returns a dict describing one component: name, kind, aliases, source, options."""
-    entry = registry(kind).get(name)
-    options, _ = accepted_options(entry.load())
-    return {
-        "name": entry.name,
-        "kind": kind,
-        "aliases": list(entry.aliases),
-        "description": entry.description,
-        "source": entry.source,
-        "version": entry.version,
-        "options": options,
-    }

@@ -96,6 +96,10 @@ class FeatureTower(Tower):
         return tuple(dict.fromkeys(keys))
 
     @property
+    def output_dim(self) -> int:
+        return self.layer_widths[-1] if self.layer_widths else self.embedding_dim
+
+    @property
     def vocabulary(self) -> list[str] | None:
         return self.ids.vocabulary
 

@@ -6,7 +6,7 @@ from towerkit.testing import ContractError, check_index_contract
 
 
 def test_registered_through_its_entry_point():
-    entry = towerkit.registry("indexes").get("faiss")
+    entry = towerkit.get_registry("indexes").get("faiss")
     assert entry.source == "towerkit-faiss"
 
 

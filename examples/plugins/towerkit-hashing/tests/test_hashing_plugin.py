@@ -6,7 +6,7 @@ from towerkit.testing import check_tower_contract
 
 
 def test_registered_through_its_entry_point():
-    entry = towerkit.registry("towers").get("hashing")
+    entry = towerkit.get_registry("towers").get("hashing")
     assert entry.source == "towerkit-hashing" and entry.version == "0.1.0"
 
 
