@@ -193,7 +193,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "version": info.version,
             "status": info.status,
             "error": info.error,
-            "components": [f"{KIND_SINGULAR[e.kind]}:{e.name}" for e in info.components],
+            "components": [plugins.component_label(e) for e in info.components],
         }
         for info in infos
     ]

@@ -174,11 +174,14 @@ def _load_external(path: str | os.PathLike, metadata: dict[str, Any]) -> LoadedE
 
     backend = metadata["index"]["backend"]
     source = metadata.get("components", {}).get("index", {}).get("source", backend)
+    from towerkit.plugins import missing_distribution_advice
+
+    # The qualified name finds the exporting distribution's index even where another plugin shadows the name.
+    qualified = f"{source}:{backend}" if source != backend else backend
     try:
-        factory = get_registry("indexes").get(backend).load()
+        factory = get_registry("indexes").get(qualified).load()
     except UnknownComponentError:
         raise TowerkitError(
-            f"{path} uses index '{backend}' from the {source} distribution, which is not installed; "
-            f"`pip install {source}`."
+            f"{path} uses index '{backend}' from {source}, but {missing_distribution_advice(source)}."
         ) from None
     return LoadedExport(_load_saved_model(path), metadata, path, index=factory.load(Path(path) / EXTERNAL_INDEX_DIR))
