@@ -226,3 +226,134 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case):
         assert fragment in message, (fragment, message)
     assert "\n" not in message
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# --- The features tower --------------------------------------------------------------------------
+
+ITEMS = ("item,genre,tags,price,title,launched\n"
+         "a,x,p|q,1.5,the big one,2020-01-01\nb,y,q,2,a small red thing,2021-06-01\n"
+         "c,x,,3,and another long title,2022-03-04\n")
+
+
+@pytest.fixture()
+def with_tables(tmp_path):
+    events = _write(tmp_path / "e.csv", EVENTS)
+    items = _write(tmp_path / "items.csv", ITEMS)
+    users = _write(tmp_path / "users.csv", "user,age,vip\n1,30,true\n2,41,false\n3,22,true\n")
+    return _load(events, timestamp="ts", candidates=str(items), queries=str(users))
+
+
+def _encoder_names(tower):
+    return {column: encoder.registered_name for column, encoder in tower.encoders.items()}
+
+
+def test_features_tower_reads_its_sides_columns_with_inferred_encoders(with_tables):
+    model = towerkit.assemble(query={"name": "features", "side": "query"},
+                              candidate={"name": "features", "side": "candidate", "embedding_dim": 32},
+                              data=with_tables)
+    assert model.query_tower.feature_keys == ("user", "age", "vip")
+    assert _encoder_names(model.candidate_tower) == {"item": "id", "genre": "categorical", "tags": "multi",
+                                                     "price": "numeric", "title": "text", "launched": "timestamp"}
+    assert _encoder_names(model.query_tower) == {"user": "id", "age": "categorical", "vip": "categorical"}
+    outputs = model.candidate_tower({k: with_tables.candidate_features[k] for k in model.candidate_tower.feature_keys})
+    assert outputs.shape == (3, 32)
+    # Candidates with the same genre share that part of their embedding, so they differ from unrelated ones.
+    assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_encoders_are_chosen_per_column_and_skip_or_add_columns(with_tables):
+    tower = towerkit.create_tower("features", side="query", encoders={
+        "age": {"encoder": "numeric", "buckets": 4}, "vip": "skip", "ts": "timestamp"})
+    tower.adapt(with_tables.adapt_features())
+    assert tower.feature_keys == ("user", "age", "ts")
+    assert _encoder_names(tower) == {"user": "id", "age": "numeric", "ts": "timestamp"}
+    assert tower.encoders["age"].boundaries and tower.vocabulary == ["1", "2", "3"]
+    batch = {k: with_tables.interactions[k][:4] for k in tower.feature_keys}
+    assert tower(batch).shape == (4, 32)
+
+
+def test_multi_valued_cells_pool_their_values():
+    from towerkit.towers.encoders import create_encoder
+
+    encoder = create_encoder("multi", "tags", 4)
+    encoder.adapt(np.array(["a|b", "b", ""]))
+    out = encoder(tf_constant(["a|b", "a", "b", "", "zz"])).numpy()
+    np.testing.assert_allclose(out[0], (out[1] + out[2]) / 2, rtol=1e-5)
+    assert np.allclose(out[3], 0.0)
+
+
+def tf_constant(values):
+    import tensorflow as tf
+
+    return tf.constant(values)
+
+
+def test_a_saved_tower_config_rebuilds_the_same_tower(with_tables):
+    from towerkit.towers.columns import FeaturesTower
+
+    tower = towerkit.create_tower("features", side="candidate", combine="concat", layers=[16, 8])
+    tower.adapt(with_tables.adapt_features())
+    columns = {k: with_tables.candidate_features[k] for k in tower.feature_keys}
+    first = tower(columns)
+    clone = FeaturesTower.from_config(json.loads(json.dumps(tower.get_config())))
+    clone(columns)
+    clone.set_weights(tower.get_weights())
+    np.testing.assert_allclose(clone(columns), first, rtol=1e-6)
+    assert first.shape == (3, 8)
+
+
+@pytest.mark.parametrize("column, encoder", [("title", "numeric"), ("price", "text"), ("price", "multi"),
+                                             ("genre", "timestamp"), ("price", "categorical")])
+def test_an_encoder_that_does_not_fit_the_column_type_is_one_clear_error(with_tables, column, encoder):
+    tower = towerkit.create_tower("features", side="candidate", encoders={column: encoder})
+    with pytest.raises(ConfigError) as raised:
+        tower.adapt(with_tables.adapt_features())
+    message = str(raised.value)
+    assert f"encoder '{encoder}' does not fit column '{column}'" in message and "\n" not in message
+
+
+def test_unknown_encoder_and_missing_side_are_clear_errors(with_tables, small_movielens):
+    with pytest.raises(ConfigError, match="did you mean 'categorical'"):
+        towerkit.create_tower("features", side="candidate", encoders={"genre": "categorcal"}).adapt(
+            with_tables.adapt_features())
+    with pytest.raises(ConfigError, match='side = "query"'):
+        towerkit.create_tower("features").adapt(with_tables.adapt_features())
+    with pytest.raises(ConfigError, match="columns = "):
+        towerkit.create_tower("features", side="query").adapt(small_movielens.adapt_features())
+    # Named columns work on any dataset.
+    tower = towerkit.create_tower("features", columns=["user_id", "user_gender"])
+    tower.adapt(small_movielens.adapt_features())
+    assert _encoder_names(tower) == {"user_id": "id", "user_gender": "categorical"}
+
+
+def test_bound_to_a_dataset_the_tower_needs_no_options(with_tables):
+    tower = towerkit.create_tower("features")
+    tower.bind_dataset(with_tables, "candidate")
+    assert tower.feature_keys == ("item", "genre", "tags", "price", "title", "launched")
+
+
+def test_third_party_encoders_register_by_name(with_tables):
+    import tensorflow as tf
+
+    from towerkit.towers import encoders
+
+    class LengthEncoder(encoders.Encoder):
+        accepts, accepts_text = "U", "text"
+
+        def __init__(self, feature, embedding_dim, **kwargs):
+            super().__init__(feature, embedding_dim, **kwargs)
+            self.dense = tf.keras.layers.Dense(embedding_dim)
+
+        def call(self, values):
+            return self.dense(tf.cast(tf.strings.length(values), tf.float32)[:, None])
+
+    encoders.register_encoder("length", LengthEncoder)
+    try:
+        with pytest.raises(towerkit.DuplicateComponentError):
+            encoders.register_encoder("length", lambda *a, **k: None)
+        tower = towerkit.create_tower("features", side="candidate", encoders={"title": "length"})
+        tower.adapt(with_tables.adapt_features())
+        assert isinstance(tower.encoders["title"], LengthEncoder)
+        assert tower({k: with_tables.candidate_features[k] for k in tower.feature_keys}).shape == (3, 32)
+    finally:
+        encoders.ENCODERS.pop("length")

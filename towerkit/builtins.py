@@ -32,6 +32,11 @@ def register_towers(register):
         "towerkit.towers.id_embedding:IdEmbeddingTower",
         description="Any string id feature -> StringLookup + Embedding.",
     )
+    register(
+        "features",
+        "towerkit.towers.columns:features_tower",
+        description="Generic tower: one encoder per column (id, categorical, multi, numeric, text, timestamp).",
+    )
 
 
 @hookimpl

@@ -54,6 +54,8 @@ class ColumnValues(dict):
     query_id_key: str = ""
     candidate_id_key: str = ""
     timestamp_key: str | None = None
+    # Feature columns read from date or time types (as seconds since the epoch).
+    time_columns: tuple[str, ...] = ()
     query_feature_columns: tuple[str, ...] = ()
     candidate_feature_columns: tuple[str, ...] = ()
     interaction_feature_columns: tuple[str, ...] = ()
@@ -151,6 +153,7 @@ class InteractionsDataset(RetrievalDataset):
             raise ConfigError(f"shuffle must be one of {', '.join(SHUFFLES)}, got {shuffle!r}.")
         split_options["shuffle"] = shuffle
         self.query_id_key, self.candidate_id_key, self.timestamp_key = query_id, candidate_id, timestamp
+        self.time_columns: tuple[str, ...] = (timestamp,) if timestamp else ()
         self.split, self.seed = split, seed
         table, shards, where = _load_table(source, [query_id, candidate_id, *text_columns], "path")
         id_columns = {"query_id": query_id, "candidate_id": candidate_id}
@@ -164,7 +167,7 @@ class InteractionsDataset(RetrievalDataset):
         if timestamp:
             interactions[timestamp] = tabular.timestamp_column(table.column(timestamp), timestamp, shards)
         own = [c for c in table.column_names if c not in (query_id, candidate_id, timestamp)]
-        interactions.update(_feature_columns(table, own, shards, text_columns))
+        interactions.update(self._feature_columns(table, own, shards, text_columns))
         self.interaction_feature_columns = tuple(own)
         self._query_codes = query_codes
         del table
@@ -200,11 +203,28 @@ class InteractionsDataset(RetrievalDataset):
         if clashes:
             raise DataError(f"column(s) {', '.join(map(repr, clashes))} of {where} also exist elsewhere in the "
                             "data; rename them so that each feature column has one source.")
-        features = {id_key: column, **_feature_columns(table, names, shards, text_columns)}
+        features = {id_key: column, **self._feature_columns(table, names, shards, text_columns)}
         rows = rows_of_distinct[codes]
         for name in names:
             interactions[name] = features[name][rows]
         return features, tuple(names)
+
+    def _feature_columns(self, table: pa.Table, names: Sequence[str], shards, text_columns: Sequence[str]) -> Features:
+        """Feature columns as arrays; notes which came from date/time types."""
+        columns = {}
+        for name in names:
+            kind = table.schema.field(name).type
+            if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+                self.time_columns += (name,)
+            values = tabular.feature_column(table.column(name), name)
+            row = None if name in text_columns else tabular.mixed_text_row(values)
+            if row is not None:
+                raise DataError(
+                    f"column {name!r} mixes numbers and text: {tabular.locate_row(row, shards)} has "
+                    f"{str(values[row])!r} where most values are numbers; fix the value, or list the column in "
+                    "text_columns if it is text.")
+            columns[name] = values
+        return columns
 
     # Views ------------------------------------------------------------------------------------
     def validation_features(self, keys: Sequence[str] | None = None) -> Features:
@@ -215,7 +235,7 @@ class InteractionsDataset(RetrievalDataset):
     def adapt_features(self) -> ColumnValues:
         values = ColumnValues(super().adapt_features())
         values.query_id_key, values.candidate_id_key = self.query_id_key, self.candidate_id_key
-        values.timestamp_key = self.timestamp_key
+        values.timestamp_key, values.time_columns = self.timestamp_key, self.time_columns
         values.query_feature_columns = self.query_feature_columns
         values.candidate_feature_columns = self.candidate_feature_columns
         values.interaction_feature_columns = self.interaction_feature_columns
@@ -293,20 +313,6 @@ def _load_table(source: Any, text_columns: Sequence[str], option: str) -> tuple[
         return table, shards, where
     table = tabular.from_any_table(source, f"{option} table")
     return table, [(Path(f"<{option} table>"), table.num_rows)], f"the {option} table"
-
-
-def _feature_columns(table: pa.Table, names: Sequence[str], shards, text_columns: Sequence[str]) -> Features:
-    columns = {}
-    for name in names:
-        values = tabular.feature_column(table.column(name), name)
-        row = None if name in text_columns else tabular.mixed_text_row(values)
-        if row is not None:
-            raise DataError(
-                f"column {name!r} mixes numbers and text: {tabular.locate_row(row, shards)} has "
-                f"{str(values[row])!r} where most values are numbers; fix the value, or list the column in "
-                "text_columns if it is text.")
-        columns[name] = values
-    return columns
 
 
 def _check_unique_ids(column: np.ndarray, codes: np.ndarray, option: str, where: str, shards) -> None:
