@@ -221,6 +221,10 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        # Inline tables, e.g. the features tower's encoders = {genre = "categorical"}; quoted keys are valid TOML.
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)} = {_toml_value(v)}"
+                               for k, v in value.items() if v is not None) + "}"
     if value is None:
         raise ConfigError("TOML has no null; leave the key out instead.")
     raise ConfigError(f"cannot write {type(value).__name__} as TOML.")
