@@ -357,3 +357,58 @@ def test_third_party_encoders_register_by_name(with_tables):
         assert tower({k: with_tables.candidate_features[k] for k in tower.feature_keys}).shape == (3, 32)
     finally:
         encoders.ENCODERS.pop("length")
+
+
+# --- inspect and the starter recipe --------------------------------------------------------------
+
+
+def test_inspect_reports_schema_counts_duplicates_time_and_top_candidates(tmp_path):
+    from towerkit.datasets.interactions import inspect
+
+    events = _write(tmp_path / "events.csv", "user_id,item,ts,device\n" + "".join(
+        f"u{i % 4},i{(i * 7) % 5},{1_700_000_000 + 3600 * i},{'web' if i % 3 else 'app'}\n" for i in range(40))
+        + "u0,i0,1700000000,app\n")
+    items = _write(tmp_path / "items.csv", "item,genre\n" + "".join(f"i{j},g{j % 2}\n" for j in range(6)))
+    report = inspect(events, candidates=str(items))
+    assert (report["query_id"], report["candidate_id"], report["timestamp"]) == ("user_id", "item", "ts")
+    assert report["guessed"] == ["query_id", "candidate_id", "timestamp"]
+    assert (report["rows"], report["queries"], report["candidates"], report["candidates_with_interactions"]) == (41, 4, 6, 5)
+    assert report["duplicate_rows"] == 1
+    # 4 users x 5 items each way: (i*7)%5 walks every item for every user.
+    pairs = {(f"u{i % 4}", f"i{(i * 7) % 5}") for i in range(40)}
+    assert report["density"] == pytest.approx(len(pairs) / (4 * 6))
+    assert report["time_range"]["first"] == "2023-11-14T22:13:20Z"
+    assert report["top_candidates"][0] == {"id": "i0", "count": 9, "share": pytest.approx(9 / 41)}
+    encoders = {c["name"]: (c["role"], c["encoder"]) for c in report["columns"]}
+    assert encoders == {"user_id": ("query id", "id"), "item": ("candidate id", "id"), "ts": ("timestamp", "timestamp"),
+                        "device": ("interaction feature", "categorical"), "genre": ("candidate feature", "categorical")}
+    json.dumps(report)
+
+
+def test_inspect_says_which_option_to_pass_when_it_cannot_guess(tmp_path):
+    from towerkit.datasets.interactions import inspect
+
+    with pytest.raises(DataError, match="pass query_id .columns: a, b"):
+        inspect(_write(tmp_path / "e.csv", "a,b\n1,2\n"))
+
+
+def test_the_starter_recipe_trains_as_it_is(tmp_path):
+    from towerkit import config as recipe_config
+    from towerkit.datasets.interactions import starter_recipe
+    from towerkit.pipeline import run
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, size=600)
+    items = (users % 6) * 4 + rng.integers(0, 4, size=600)
+    events = _write(tmp_path / "events.csv", "user,item,ts\n" + "".join(
+        f"{u},item {i},{1000 + n}\n" for n, (u, i) in enumerate(zip(users, items))))
+    catalog = _write(tmp_path / "items.csv", "item,genre\n" + "".join(f"item {j},g{j // 4}\n" for j in range(24)))
+    text = starter_recipe(events, candidates=str(catalog))
+    recipe = _write(tmp_path / "my.toml", text)
+    raw, origin = recipe_config.load_recipe(str(recipe))
+    raw["train"]["epochs"] = 2
+    config = recipe_config.resolve(raw, origin)
+    ctx = run(config, tmp_path / "run", log=lambda line: None, verbose=0)
+    assert ctx.model.candidate_tower.feature_keys == ("item", "genre")
+    assert (tmp_path / "run" / "model").is_dir()
+    assert ctx.metrics["example"]["query"] == config["export"]["example_query"]
