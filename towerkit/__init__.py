@@ -9,7 +9,7 @@ assembled by name::
 
 The public surface for plugin authors is here too: the base classes
 ``towerkit.Tower``, ``towerkit.RetrievalDataset`` and ``towerkit.Index``, the
-validation helpers (``check_positive_int``, ``check_k``), ``towerkit.hookimpl``
+validation helpers (``check_positive_int``, ``check_k``, ``check_dims``), ``towerkit.hookimpl``
 and ``towerkit.plugins``; ``towerkit.testing`` holds the contract checks.
 """
 
@@ -53,6 +53,7 @@ _LAZY = {
     "RetrievalDataset": "towerkit.datasets.base:RetrievalDataset",
     "Index": "towerkit.indexes.base:ValidatedIndex",
     "check_k": "towerkit.indexes.base:check_k",
+    "check_dims": "towerkit.indexes.base:check_dims",
 }
 
 
@@ -80,6 +81,7 @@ __all__ = [
     "TowerkitError",
     "UnknownComponentError",
     "assemble",
+    "check_dims",
     "check_k",
     "check_positive_int",
     "create_index",

@@ -168,10 +168,10 @@ def _describe(exc: BaseException) -> str:
 def _make_register(kind: str, info: PluginInfo) -> Callable[..., Entry]:
     registry = REGISTRIES[kind]
 
-    def register(name, factory, *, aliases=(), description=""):
+    def register(name, factory, *, aliases=(), description="", override=False):
         details = dict(aliases=aliases, description=description, source=info.name, version=info.version)
         try:
-            entry = registry.register(name, factory, **details)
+            entry = registry.register(name, factory, override=bool(override), **details)
         except DuplicateComponentError:
             if _strict() or info.name == BUILTIN_SOURCE:
                 raise

@@ -150,8 +150,10 @@ class Registry:
 
         Registering the identical factory under the same name again is a no-op;
         a different factory under a name or alias already taken raises
-        :class:`DuplicateComponentError` unless ``override`` is true, which
-        replaces the existing entry.
+        :class:`DuplicateComponentError` unless ``override`` is true. Then the
+        new entry takes the name; an entry it displaces from another source is
+        kept as shadowed (still reachable as ``source:name``), one from the
+        same source is replaced.
         """
         entry = self._new_entry(name, factory, aliases, description, source, version)
         existing = self._lookup(name)
@@ -166,7 +168,10 @@ class Registry:
                 "override=True to replace it."
             )
         for other in clashes:
-            self.remove(other)
+            self._detach(other)
+            if other.source != source:
+                other.shadowed_by = source
+                self._shadowed.append(other)
         self._activate(entry)
         return entry
 
@@ -217,16 +222,20 @@ class Registry:
             return True
         if self._entries.get(entry.name) is not entry:
             return False
-        del self._entries[entry.name]
-        for alias in entry.aliases:
-            if self._aliases.get(alias) == entry.name:
-                del self._aliases[alias]
+        self._detach(entry)
         for waiting in list(self._shadowed):
             if not self._clashes(waiting):
                 self._shadowed.remove(waiting)
                 waiting.shadowed_by = ""
                 self._activate(waiting)
         return True
+
+    def _detach(self, entry: Entry) -> None:
+        """Takes an active entry out of the name and alias tables."""
+        del self._entries[entry.name]
+        for alias in entry.aliases:
+            if self._aliases.get(alias) == entry.name:
+                del self._aliases[alias]
 
     def unregister(self, name: str) -> None:
         """Removes the active entry that ``name`` resolves to."""

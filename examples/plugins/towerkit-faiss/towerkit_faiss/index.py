@@ -10,9 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from towerkit.errors import ConfigError
-from towerkit.indexes.base import check_dims, check_k
-from towerkit.towers.base import check_positive_int
+from towerkit import ConfigError, check_dims, check_k, check_positive_int
 
 KINDS = ("flat", "ivf")
 
@@ -39,7 +37,7 @@ class FaissIndex:
                  nprobe: int = 8):
         if kind not in KINDS:
             raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-        self.query_model, self._k, self.kind = query_model, check_k(k, None, "faiss"), kind
+        self.query_model, self.k, self.kind = query_model, check_k(k, None, "faiss"), kind
         self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
         self.nprobe = check_positive_int(nprobe, "nprobe")
         self.name = "faiss"
@@ -69,7 +67,7 @@ class FaissIndex:
             index.nprobe = min(self.nprobe, nlist)
         index.add(vectors)
         self._index = index
-        check_k(self._k, self.num_candidates, self.name)
+        check_k(self.k, self.num_candidates, self.name)
         return self
 
     def _embed(self, queries: Any) -> np.ndarray:
@@ -92,12 +90,12 @@ class FaissIndex:
     def __call__(self, queries: Any, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         if self._index is None:
             raise ConfigError("index 'faiss' is empty; call index() with candidates before querying.")
-        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
+        k = check_k(self.k if k is None else k, self.num_candidates, self.name)
         scores, found = self._search(self._embed(queries), k)
         return tf.constant(scores), tf.constant(found)
 
     def query_with_exclusions(self, queries: Any, exclusions: Any, k: int | None = None):
-        k = check_k(self._k if k is None else k, self.num_candidates, self.name)
+        k = check_k(self.k if k is None else k, self.num_candidates, self.name)
         excluded = np.asarray(tf.convert_to_tensor(exclusions).numpy()).astype(str)
         wanted = min(k + excluded.shape[1], self.num_candidates)
         scores, found = self._search(self._embed(queries), wanted)
@@ -112,7 +110,7 @@ class FaissIndex:
 
     def parameters(self) -> dict[str, Any]:
         return {"backend": self.backend, "external": True, "kind": self.kind, "nlist": self.nlist,
-                "nprobe": self.nprobe, "k": self._k, "num_candidates": self.num_candidates, "dim": self.dim}
+                "nprobe": self.nprobe, "k": self.k, "num_candidates": self.num_candidates, "dim": self.dim}
 
     def save(self, path: str | Path) -> None:
         """Writes the faiss index, the identifiers and the parameters into a directory."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from towerkit.towers.base import Tower, check_positive_int
+from towerkit import Tower, check_positive_int
 
 
 @tf.keras.utils.register_keras_serializable(package="towerkit_hashing")

@@ -1,0 +1,1 @@
+raise KeyboardInterrupt  # not the user's Ctrl-C: towerkit skips the plugin
