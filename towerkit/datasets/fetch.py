@@ -342,11 +342,15 @@ def _pip_dir() -> Any:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_pip(arguments: list[str], show_progress: bool, timeout: float) -> None:
-    """Runs pip in its own process group, which dies with towerkit on any exit path."""
+def _run_pip(arguments: list[str], show_progress: bool, timeout: float, temp_dir: Path) -> None:
+    """Runs pip in its own process group, which dies with towerkit on any exit path.
+
+    pip's own temporary files go to ``temp_dir``, so they leave with it.
+    """
     command = [sys.executable, "-c", PIP_LAUNCHER, str(os.getpid()), *arguments]
     process = subprocess.Popen(
         command, start_new_session=True, text=True, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(temp_dir)},
         stdout=_progress_stream() if show_progress else subprocess.DEVNULL,
     )
     try:
@@ -365,12 +369,14 @@ def _run_pip(arguments: list[str], show_progress: bool, timeout: float) -> None:
 
 def _pip_download_recbole(show_progress: bool, timeout: float = 600) -> bytes:
     with _pip_dir() as tmp:
+        (tmp / "wheel").mkdir()
+        (tmp / "tmp").mkdir()
         arguments = [
             "download", RECBOLE_REQUIREMENT, "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-d", str(tmp),
+            "--disable-pip-version-check", "-d", str(tmp / "wheel"),
         ]
-        _run_pip(arguments if show_progress else [*arguments, "-q"], show_progress, timeout)
-        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        _run_pip(arguments if show_progress else [*arguments, "-q"], show_progress, timeout, tmp / "tmp")
+        wheels = list((tmp / "wheel").glob("recbole-*.whl"))
         if not wheels:
             raise DataError("pip download produced no recbole wheel")
         data = wheels[0].read_bytes()

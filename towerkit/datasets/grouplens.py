@@ -50,6 +50,7 @@ _ID = re.compile(r"[1-9][0-9]{0,8}", re.ASCII)
 _RATING_LINE = re.compile(r"([1-9][0-9]{0,8})\t([1-9][0-9]{0,8})\t([1-5])\t([0-9]{1,10})", re.ASCII)
 _MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _RELEASE_DATE = re.compile(rf"(0[1-9]|[12][0-9]|3[01])-({_MONTHS})-(18[89][0-9]|19[0-9][0-9]|20[0-9][0-9])", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ZIP_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,9}", re.ASCII)
 
 
@@ -60,10 +61,10 @@ class DamagedFileError(DataError):
     the file and run `towerkit data fetch movielens-100k`.``
     """
 
-    def __init__(self, path: Path, line: int | None, problem: str):
+    def __init__(self, path: Path, line: int | None, problem: str, remedy: str = FIX):
         self.path, self.line, self.problem = Path(path), line, problem
         where = f"{self.path} line {line} is malformed" if line else f"{self.path} is unusable"
-        super().__init__(f"{where}: {problem}; {FIX}.")
+        super().__init__(f"{where}: {problem}; {remedy}.")
 
 
 class _LineProblem(Exception):
@@ -91,7 +92,9 @@ def read_lines(path: str | Path) -> tuple[list[str], str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DamagedFileError(path, None, f"it cannot be read ({exc.strerror or exc})") from None
+        raise DamagedFileError(
+            path, None, f"it cannot be read ({exc.strerror or exc})", "make it readable, or delete it and fetch again"
+        ) from None
     if path.name == "u.item":
         encoding = item_encoding(raw)
     else:
@@ -119,7 +122,7 @@ def _fields(line: str, name: str) -> list[str]:
 
 def _check_id(value: str, what: str) -> str:
     if not _ID.fullmatch(value):
-        raise _LineProblem(f"{what} {value!r} is not a whole number from 1 to {MAX_ID}")
+        raise _LineProblem(f"{what} {value!r} is not a whole number from 1 to {MAX_ID} (digits only, no leading zero)")
     return value
 
 
@@ -170,6 +173,8 @@ def check_movies(path: str | Path) -> tuple[set[str], str]:
             raise _LineProblem(f"movie id {movie_id} appears again (first on line {first_line[movie_id]})")
         if not title.strip():
             raise _LineProblem("the title is empty")
+        if _CONTROL.search(title):
+            raise _LineProblem(f"the title {title!r} holds a control character")
         if release_date and not _RELEASE_DATE.fullmatch(release_date):
             raise _LineProblem(f"release date {release_date!r} is not a date like 01-Jan-1995")
         for genre, flag in zip(GROUPLENS_GENRES, fields[5:]):
