@@ -107,3 +107,143 @@ def test_public_listing_and_describe():
 def test_unknown_kind():
     with pytest.raises(UnknownComponentError, match="did you mean 'towers'"):
         towerkit.get_registry("tower")
+
+
+def test_remove_is_public_and_exact(towers):
+    first = towers.register("alpha", make_a, aliases=("first",))
+    stranger = Registry("towers").register("alpha", make_a)
+    assert towers.remove(stranger) is False  # an entry of another registry is not removed by name
+    assert towers.remove(first) is True
+    assert towers.list() == [] and towers.remove(first) is False
+    with pytest.raises(UnknownComponentError):
+        towers.get("first")
+
+
+def test_clash_loser_is_kept_and_resolves_by_qualified_name(towers):
+    towers.register("alpha", make_a, source="dist-a")
+    loser = towers.register_shadowed("alpha", make_b, source="dist-b")
+    assert towers.get("alpha").source == "dist-a"
+    assert towers.get("dist-b:alpha") is loser and loser.shadowed_by == "dist-a"
+    assert towers.create("dist-b:alpha") == ("b", 1)
+    assert towers.list() == ["alpha"]
+    assert [e.source for e in towers.entries(include_shadowed=True)] == ["dist-a", "dist-b"]
+    # When the winner goes, the loser takes the name.
+    towers.remove(towers.get("dist-a:alpha"))
+    assert towers.get("alpha") is loser and loser.shadowed_by == ""
+
+
+def test_override_keeps_another_sources_entry_reachable(towers):
+    towers.register("alpha", make_a, source="dist-a")
+    towers.register("alpha", make_b, source="dist-b", override=True)
+    assert towers.get("alpha").source == "dist-b"
+    assert towers.create("dist-a:alpha") == ("a", 1)
+
+
+def test_alias_clash_is_a_duplicate(towers):
+    towers.register("alpha", make_a, aliases=("first",), source="dist-a")
+    with pytest.raises(DuplicateComponentError, match="dist-a"):
+        towers.register("beta", make_b, aliases=("first",), source="dist-b")
+
+
+def test_created_components_carry_their_registered_name():
+    tower = towerkit.create_tower("item", vocabulary=["a", "b"], embedding_dim=4)
+    assert tower.registered_name == "movie" and tower.component_name == "movie"
+    assert tower.name != "movie"  # the Keras layer name, which messages no longer show
+
+
+def test_submodule_is_not_hidden_by_a_function():
+    import towerkit.registry
+
+    assert towerkit.registry.Registry is Registry
+    assert callable(towerkit.get_registry) and not callable(towerkit.registry)
+
+
+def test_registry_storage_imports_no_plugin_loading():
+    import ast
+    import pathlib
+
+    package = pathlib.Path(towerkit.__file__).parent
+
+    def towerkit_imports(module):
+        tree = ast.parse((package / f"{module}.py").read_text())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        return {name for name in names if name.startswith("towerkit")}
+
+    assert towerkit_imports("registry") == {"towerkit.errors"}
+    assert "towerkit.components" not in towerkit_imports("plugins")
+    assert {"towerkit.registry", "towerkit"} & towerkit_imports("components")
+
+
+def test_describe_shows_type_default_and_doc_and_name_once():
+    described = towerkit.describe("towers", "user")
+    options = described["options"]
+    assert "name" not in options
+    embedding_dim = options["embedding_dim"]
+    assert (embedding_dim["type"], embedding_dim["default"], embedding_dim["required"]) == ("int", 32, False)
+    assert embedding_dim["doc"].startswith("Width of the embeddings")
+    assert options["layers"]["type"] == "Sequence[int] | None" and options["layers"]["default"] is None
+    index_options = towerkit.describe("indexes", "brute-force")["options"]
+    assert index_options["k"]["default"] == 10 and index_options["k"]["doc"]
+
+
+def test_describe_reads_google_style_args_of_a_class(towers):
+    class Documented:
+        """Something.
+
+        Args:
+            width: How wide.
+            depth (int): How deep; this line is
+                continued here.
+
+        Example:
+            >>> Documented(width=2)
+        """
+
+        def __init__(self, width: int, depth=3, name="x"):
+            pass
+
+    from towerkit.components import describe_options
+
+    assert describe_options(Documented) == {
+        "width": {"type": "int", "default": None, "required": True, "doc": "How wide."},
+        "depth": {"type": "int", "default": 3, "required": False, "doc": "How deep; this line is"},
+    }
+
+
+def test_errors_print_plain_text():
+    from towerkit.errors import ConfigError, FeatureError
+
+    assert str(UnknownComponentError("unknown tower 'x'")) == "unknown tower 'x'"  # KeyError would quote it
+    assert str(FeatureError("tower 'x' needs 'y'")) == "tower 'x' needs 'y'"
+    decorated = ("Exception encountered when calling layer 'user_tower' (type IdEmbeddingTower).\n\n"
+                 "k must be a positive integer, got 0.\n\nCall arguments received by layer 'user_tower':\n  • x=1")
+    assert str(ConfigError(decorated)) == "k must be a positive integer, got 0."
+    assert str(FeatureError(decorated)) == "k must be a positive integer, got 0."
+    assert str(TowerkitError()) == ""
+
+
+def test_public_surface_at_the_top_level():
+    from towerkit.datasets.base import RetrievalDataset
+    from towerkit.indexes.base import ValidatedIndex, check_k
+    from towerkit.serving import load_export
+    from towerkit.towers.base import Tower
+
+    assert towerkit.Tower is Tower and towerkit.RetrievalDataset is RetrievalDataset
+    assert towerkit.Index is ValidatedIndex and towerkit.check_k is check_k
+    assert towerkit.load_export is load_export
+    assert towerkit.check_positive_int(3, "n") == 3
+    with pytest.raises(ConfigError, match="n must be a positive integer"):
+        towerkit.check_positive_int(True, "n")
+    assert set(towerkit.__all__) <= set(dir(towerkit))
+    with pytest.raises(AttributeError):
+        towerkit.no_such_thing
+
+
+def test_import_towerkit_reaches_plugins_without_tensorflow():
+    from conftest import run_python
+
+    result = run_python("import sys, towerkit\n"
+                        "print(callable(towerkit.plugins.register_plugin), 'tensorflow' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
