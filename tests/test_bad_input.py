@@ -48,7 +48,7 @@ def _index(num=20, dim=4):
 
 
 def _resolve(text):
-    return recipe_config.resolve(recipe_config._read_toml(text, "test.toml"), "test.toml")
+    return recipe_config.resolve(recipe_config.read_toml(text, "test.toml"), "test.toml")
 
 
 BASE_RECIPE = recipe_config.load_recipe("basic-retrieval")[0]

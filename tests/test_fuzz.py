@@ -33,7 +33,7 @@ def test_any_registry_name_is_found_or_a_towerkit_error(name):
 @given(st.text(max_size=200))
 def test_any_toml_text_parses_or_is_a_towerkit_error(text):
     try:
-        raw = recipe_config._read_toml(text, "fuzz.toml")
+        raw = recipe_config.read_toml(text, "fuzz.toml")
         recipe_config.resolve(raw, "fuzz.toml")
     except TowerkitError as exc:
         assert str(exc)

@@ -10,6 +10,7 @@ from towerkit.errors import ConfigError
 from towerkit.towers.base import Tower, check_positive_int
 from towerkit.towers.features import CategoryEmbedding, MultiCategoryEmbedding, TextEmbedding, TimestampEmbedding
 from towerkit.towers.id_embedding import IdEmbeddingTower
+from towerkit.towers.memory import check_weights_fit
 
 COMBINE = ("sum", "concat")
 
@@ -85,6 +86,11 @@ class FeatureTower(Tower):
         self.projection = None
         if combine == "concat":
             widths = layers or [embedding_dim]
+            inputs = embedding_dim * (1 + len(self.parts))
+            for units in widths:
+                check_weights_fit(inputs, units, "width in layers" if layers else "embedding_dim",
+                                  f"tower '{self.name}' (a Dense layer of {units:,} units)")
+                inputs = units
             self.projection = tf.keras.Sequential(
                 [tf.keras.layers.Dense(w, activation="relu") for w in widths[:-1]] + [tf.keras.layers.Dense(widths[-1])],
                 name="projection",

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from towerkit.towers.id_embedding import unique_strings
+from towerkit.towers.memory import check_weights_fit
 
 
 def _as_strings(values: tf.Tensor) -> tf.Tensor:
@@ -58,6 +59,8 @@ class CategoryEmbedding(tf.keras.layers.Layer):
             self._build_layers()
 
     def _build_layers(self) -> None:
+        check_weights_fit(len(self.vocabulary) + 1, self.embedding_dim, "embedding_dim",
+                          f"the '{self.feature}' embedding ({len(self.vocabulary):,} values)")
         self.lookup = tf.keras.layers.StringLookup(vocabulary=self.vocabulary, mask_token=None)
         self.embedding = tf.keras.layers.Embedding(len(self.vocabulary) + 1, self.embedding_dim)
 
@@ -86,6 +89,8 @@ class MultiCategoryEmbedding(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.feature, self.num_categories, self.embedding_dim = feature, num_categories, embedding_dim
         # Row 0 is padding, so label i uses row i + 1.
+        larger = "num_categories" if num_categories > embedding_dim else "embedding_dim"
+        check_weights_fit(num_categories + 1, embedding_dim, larger, f"the '{feature}' label embedding")
         self.embedding = tf.keras.layers.Embedding(num_categories + 1, embedding_dim)
 
     def call(self, labels: Any) -> tf.Tensor:
@@ -122,6 +127,8 @@ class TextEmbedding(tf.keras.layers.Layer):
                  vocabulary: Sequence[str] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.feature, self.embedding_dim, self.max_tokens = feature, embedding_dim, max_tokens
+        # The word table has at most max_tokens rows (padding and OOV included).
+        check_weights_fit(max_tokens, embedding_dim, "embedding_dim", f"the '{feature}' word embedding")
         self.vocabulary = None if vocabulary is None else list(vocabulary)
         if self.vocabulary is not None:
             self._build_layers()
@@ -164,6 +171,7 @@ class TimestampEmbedding(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.feature, self.embedding_dim, self.num_buckets = feature, embedding_dim, num_buckets
         self.boundaries = None if boundaries is None else [float(b) for b in boundaries]
+        check_weights_fit(num_buckets + 1, embedding_dim, "embedding_dim", f"the '{feature}' time embedding")
         self.embedding = tf.keras.layers.Embedding(num_buckets + 1, embedding_dim)
 
     def adapt(self, values: Any) -> None:

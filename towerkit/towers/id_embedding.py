@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from towerkit.errors import ConfigError
 from towerkit.towers.base import Tower, check_positive_int
+from towerkit.towers.memory import check_weights_fit
 
 
 def unique_strings(values: Any) -> list[str]:
@@ -56,6 +57,9 @@ class IdEmbeddingTower(Tower):
             raise ConfigError(f"feature must be a non-empty string, got {feature!r}.")
         self.feature = feature
         self.num_oov_buckets = check_positive_int(num_oov_buckets, "num_oov_buckets")
+        # The OOV rows alone must fit; the vocabulary is checked when it is known.
+        larger = "num_oov_buckets" if self.num_oov_buckets > self.embedding_dim else "embedding_dim"
+        check_weights_fit(self.num_oov_buckets, self.embedding_dim, larger, f"tower '{self.name}'")
         self.vocabulary: list[str] | None = None
         self.lookup = None
         self.embedding = None
@@ -77,6 +81,8 @@ class IdEmbeddingTower(Tower):
     def _build_layers(self, vocabulary: list[str]) -> None:
         if not vocabulary:
             raise ConfigError(f"tower '{self.name}' got an empty vocabulary for '{self.feature}'.")
+        check_weights_fit(len(vocabulary) + self.num_oov_buckets, self.embedding_dim, "embedding_dim",
+                          f"tower '{self.name}' ({len(vocabulary):,} ids of '{self.feature}')")
         self.vocabulary = vocabulary
         self.lookup = tf.keras.layers.StringLookup(
             vocabulary=vocabulary,

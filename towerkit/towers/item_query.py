@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import tensorflow as tf
 
 from towerkit.errors import ConfigError
 from towerkit.towers.base import Tower
-from towerkit.towers.movie import NUM_GENRES, movie_tower
+from towerkit.towers.id_options import IdOptions, id_tower_factory
+from towerkit.towers.movie import NUM_GENRES, movie_parts
 
 
 @tf.keras.utils.register_keras_serializable(package="towerkit")
@@ -54,49 +55,42 @@ class SharedTower(Tower):
         return cls(**config)
 
 
+@id_tower_factory(feature="query_movie_title", name="item_query_tower", ids="titles")
 def item_query_tower(
-    vocabulary: Sequence[str] | None = None,
-    embedding_dim: int = 32,
-    feature: str = "query_movie_title",
+    ids: IdOptions,
     genres: bool = False,
     title_text: bool = False,
     genre_feature: str = "query_movie_genres",
     num_genres: int = NUM_GENRES,
     share_with: Any = None,
-    l2: float = 0.0,
-    name: str = "item_query_tower",
 ) -> Tower:
     """Builds the query tower of item-to-item retrieval: the query movie's features.
 
     Args:
-        vocabulary: Known titles; learned at assembly if omitted.
-        embedding_dim: Width of the embeddings.
-        feature: The query movie's title feature key.
         genres: Add the query movie's genres.
         title_text: Add the query title's words.
         genre_feature: The query movie's genre-list feature key.
         num_genres: Number of genre labels.
         share_with: A candidate movie tower (or, in recipes and ``assemble``,
             ``"candidate"``) whose embedding tables this tower reuses, so a
-            movie has one embedding whether it is the query or the candidate.
-        l2: L2 penalty on the title embeddings each batch uses.
-        name: The layer name.
+            movie has one embedding whether it is the query or the candidate;
+            ``vocabulary``, ``embedding_dim``, ``l2`` and ``num_oov_buckets``
+            then come from that tower.
 
     Example:
         >>> model = towerkit.assemble(query={"name": "item-query", "share_with": "candidate"},
         ...                           candidate="movie", data=pairs)
     """
     if share_with is None:
-        return movie_tower(vocabulary, embedding_dim, feature, genres, title_text, genre_feature, num_genres,
-                           l2=l2, name=name)
+        return movie_parts(ids, genres, title_text, genre_feature, num_genres)
     if not isinstance(share_with, Tower):
         raise ConfigError(
             f"share_with must be a candidate tower (or 'candidate' when assembling), got {share_with!r}."
         )
     base_keys = share_with.feature_keys
-    feature_map = {feature: base_keys[0]}
+    feature_map = {ids.feature: base_keys[0]}
     if genres or len(base_keys) > 1:
         base_genres = next((k for k in base_keys[1:] if "genre" in k), None)
         if base_genres is not None:
             feature_map[genre_feature] = base_genres
-    return SharedTower(share_with, feature_map, name=name)
+    return SharedTower(share_with, feature_map, name=ids.name)

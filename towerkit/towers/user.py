@@ -6,21 +6,18 @@ from typing import Sequence
 
 from towerkit.towers.feature_tower import FeatureTower
 from towerkit.towers.id_embedding import IdEmbeddingTower
+from towerkit.towers.id_options import IdOptions, id_tower_factory
 
 DEMOGRAPHICS = ("bucketized_user_age", "user_gender", "user_occupation_label", "user_zip_code")
 
 
+@id_tower_factory(feature="user_id", name="user_tower", ids="user ids")
 def user_tower(
-    vocabulary: Sequence[str] | None = None,
-    embedding_dim: int = 32,
-    feature: str = "user_id",
+    ids: IdOptions,
     demographics: bool = False,
     timestamp: bool = False,
     zip_prefix: int = 3,
     layers: Sequence[int] | None = None,
-    l2: float = 0.0,
-    num_oov_buckets: int = 1,
-    name: str = "user_tower",
 ) -> IdEmbeddingTower | FeatureTower:
     """Builds the user tower: user id -> StringLookup -> Embedding, plus optional features.
 
@@ -30,35 +27,22 @@ def user_tower(
     seed's tower.
 
     Args:
-        vocabulary: Known user ids; learned at assembly if omitted.
-        embedding_dim: Width of the embeddings (and of the output, unless ``layers``).
-        feature: The user id feature key.
         demographics: Add age bucket, gender, occupation and zip-code prefix.
         timestamp: Add the interaction time, bucketed by quantiles.
         zip_prefix: Leading zip-code digits kept (regions, not households).
         layers: Dense widths after concatenation, e.g. ``[64, 32]``.
-        l2: L2 penalty on the id embeddings each batch uses.
-        num_oov_buckets: Rows shared by unknown ids.
-        name: The layer name.
 
     Example:
         >>> tower = towerkit.create_tower("user", demographics=True, layers=[64, 32])
     """
     if not demographics and not timestamp:
         if layers is not None:
-            return FeatureTower(feature, vocabulary, embedding_dim, combine="concat", layers=layers, l2=l2,
-                                num_oov_buckets=num_oov_buckets, name=name)
-        return IdEmbeddingTower(feature, vocabulary, embedding_dim, num_oov_buckets, l2=l2, name=name)
-    return FeatureTower(
-        feature,
-        vocabulary,
-        embedding_dim,
+            return ids.feature_tower(combine="concat", layers=layers)
+        return ids.id_tower()
+    return ids.feature_tower(
         categories=DEMOGRAPHICS if demographics else (),
         prefixes={"user_zip_code": zip_prefix},
         timestamps=["timestamp"] if timestamp else (),
         combine="concat",
         layers=layers,
-        l2=l2,
-        num_oov_buckets=num_oov_buckets,
-        name=name,
     )
