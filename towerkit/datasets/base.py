@@ -23,6 +23,13 @@ def seed_split(num_examples: int, train_fraction: float = 0.8, seed: int = 42) -
     """
     if not 0.0 < train_fraction < 1.0:
         raise ConfigError(f"train_fraction must be in (0, 1), got {train_fraction!r}.")
+    num_train = int(round(num_examples * train_fraction))
+    if not 0 < num_train < num_examples:
+        # Training and evaluation each need at least one row; tf.data would fail on an empty shuffle.
+        raise ConfigError(
+            f"the dataset has {num_examples:,} interaction(s), too few to split with train_fraction="
+            f"{train_fraction:g} into non-empty train and test parts; use more interactions."
+        )
     tf.random.set_seed(seed)
     order = (
         tf.data.Dataset.range(num_examples)
@@ -31,7 +38,6 @@ def seed_split(num_examples: int, train_fraction: float = 0.8, seed: int = 42) -
         .get_single_element()
         .numpy()
     )
-    num_train = int(round(num_examples * train_fraction))
     return order[:num_train], order[num_train:]
 
 
