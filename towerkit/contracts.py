@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from towerkit.errors import TowerkitError
+from towerkit.errors import TowerkitError, unwrap_keras_message
 
 PROBE_ROWS = 3
 
@@ -108,7 +108,7 @@ def probe_towers(query_tower: Any, candidate_tower: Any, data: Any) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = unwrap_keras_message(str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 KERAS_PREFIX = "Exception encountered when calling layer"
 
 
-def _unwrap(message: str) -> str:
+def unwrap_keras_message(message: str) -> str:
     """Undoes Keras' re-raise decoration of errors raised inside a layer's call.
 
     Keras re-raises ``type(e)("Exception encountered when calling layer ...\n\n
@@ -34,7 +34,7 @@ class TowerkitError(Exception):
     """
 
     def __str__(self) -> str:
-        return _unwrap(str(self.args[0])) if self.args else ""
+        return unwrap_keras_message(str(self.args[0])) if self.args else ""
 
 
 class UnknownComponentError(TowerkitError, KeyError):
