@@ -42,20 +42,31 @@ def test_hashing_export_serves_with_tensorflow_only(tmp_path, run_dir):
     assert result.returncode == 0, result.stderr
     from conftest import run_python
 
-    code = (f"import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'\nimport tensorflow as tf, sys\n"
+    code = (f"import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'\nimport tensorflow as tf, sys, json\n"
             f"m = tf.saved_model.load({str(tmp_path / 'bf')!r})\n"
-            "print(m.signatures['serving_default'](user_id=tf.constant(['brand-new-user']))['ids'].shape, "
-            "'towerkit' in sys.modules)")
+            "out = m.signatures['serving_default'](user_id=tf.constant(['brand-new-user', 'user 3']))\n"
+            "print(json.dumps([out['ids'].shape.as_list(), out['ids'].dtype.name, 'towerkit' in sys.modules]))")
     out = run_python(code)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "False"
+    # Ten answers for each of the two users (a new one too: hashing has no out-of-vocabulary ids),
+    # served without importing towerkit or the plugin.
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[2, 10], "string", False]
 
 
-def test_loading_without_the_plugin_names_the_distribution(run_dir):
+def test_loading_with_the_plugin_blocked_says_so_and_how_to_allow_it(run_dir):
     result = run_cli("recommend", "--model", str(run_dir / "model"), "--user", "user 3",
                      env={"TOWERKIT_PLUGINS": "towerkit-hashing"})
     assert result.returncode == 2
-    assert "pip install towerkit-faiss" in result.stderr
+    assert "towerkit-faiss plugin is installed but blocked by TOWERKIT_PLUGINS" in result.stderr
+    assert "TOWERKIT_PLUGINS=towerkit-hashing,towerkit-faiss" in result.stderr
+    assert "pip install" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_distribution_that_is_not_installed_is_named_with_its_install_command():
+    from towerkit.plugins import missing_distribution_advice
+
+    assert missing_distribution_advice("towerkit-nowhere") == (
+        "the towerkit-nowhere distribution is not installed; `pip install towerkit-nowhere`")
 
 
 def test_listing_shows_source_and_version():
@@ -64,15 +75,33 @@ def test_listing_shows_source_and_version():
     assert json.loads(result.stdout)[0]["version"] == "0.1.0"
 
 
-def test_towerkit_plugin_fixture_registers_for_one_test(towerkit_plugin):
-    class Extra:
-        @towerkit.hookimpl
-        def register_towers(self, register):
-            register("fixture-only", "towerkit.towers.user:user_tower")
+FIXTURE_TESTS = """
+import towerkit
 
+
+class Extra:
+    @towerkit.hookimpl
+    def register_towers(self, register):
+        register("fixture-only", "towerkit.towers.user:user_tower")
+
+
+def test_registers_for_one_test(towerkit_plugin):
     towerkit_plugin(Extra())
     assert "fixture-only" in towerkit.list_towers()
 
 
-def test_fixture_cleaned_up_after_the_previous_test():
+def test_then_it_is_gone():
     assert "fixture-only" not in towerkit.list_towers()
+"""
+
+
+def test_towerkit_plugin_fixture_registers_for_one_test_only(tmp_path):
+    # Its own pytest run, so that the order of the two tests is fixed and nothing else runs between them.
+    import subprocess
+    import sys
+
+    (tmp_path / "test_fixture.py").write_text(FIXTURE_TESTS)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fixture.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
