@@ -118,22 +118,6 @@ def test_from_arrow_matches_the_file(tmp_path):
 # --- Splits -------------------------------------------------------------------------------------
 
 
-def test_random_split_gives_movielens_rows(data_dir, tmp_path):
-    movielens = towerkit.load_dataset("movielens-100k", data_dir=str(data_dir), source="files")
-    columns = {"user_id": movielens.interactions["user_id"], "movie_id": movielens.interactions["movie_id"],
-               "timestamp": movielens.interactions["timestamp"]}
-    table = pa.table(columns)
-    pq.write_table(table, tmp_path / "ratings.parquet")
-    with open(tmp_path / "ratings.csv", "w", encoding="utf-8") as handle:
-        handle.write("user_id,movie_id,timestamp\n")
-        handle.writelines(f"{u},{m},{t}\n" for u, m, t in zip(*columns.values()))
-    for name in ("ratings.csv", "ratings.parquet"):
-        data = _load(tmp_path / name, query_id="user_id", candidate_id="movie_id", timestamp="timestamp")
-        assert data.train_rows.tolist() == movielens.train_rows.tolist()
-        assert _pairs(data, data.test_rows) == set(zip(movielens.interactions["user_id"][movielens.test_rows].tolist(),
-                                                       movielens.interactions["movie_id"][movielens.test_rows].tolist()))
-
-
 def test_validation_is_carved_from_train_never_from_test(tmp_path):
     path = _write(tmp_path / "e.csv", "user,item\n" + "".join(f"{i % 7},{i % 11}\n" for i in range(200)))
     plain = _load(path)
@@ -412,3 +396,74 @@ def test_the_starter_recipe_trains_as_it_is(tmp_path):
     assert ctx.model.candidate_tower.feature_keys == ("item", "genre")
     assert (tmp_path / "run" / "model").is_dir()
     assert ctx.metrics["example"]["query"] == config["export"]["example_query"]
+
+
+# --- Claims: same split and quality as movielens-100k; a category column helps -------------------
+
+
+def _top(result, key):
+    return getattr(result, "all", result)[key]
+
+
+def _train_and_score(data, query, candidate, ks, epochs=3, batch_size=128, learning_rate=0.1):
+    import tensorflow as tf
+
+    from towerkit.evaluation import evaluate_topk
+
+    tf.keras.utils.set_random_seed(1)
+    model = towerkit.assemble(query=query, candidate=candidate, data=data)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate))
+    rows = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys))
+    model.fit(rows.shuffle(10_000, seed=1).batch(batch_size), epochs=epochs, verbose=0)
+    return evaluate_topk(model, data, ks=ks)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_movielens_written_out_trains_to_the_same_split_and_quality(data_dir, tmp_path, suffix):
+    movielens = towerkit.load_dataset("movielens-100k", data_dir=str(data_dir), source="files")
+    columns = {key: movielens.interactions[key] for key in ("user_id", "movie_id", "timestamp")}
+    path = tmp_path / f"ratings{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table(columns), path)
+    else:
+        path.write_text("user_id,movie_id,timestamp\n" + "".join(
+            f"{u},{m},{t}\n" for u, m, t in zip(*columns.values())), encoding="utf-8")
+    data = _load(path, query_id="user_id", candidate_id="movie_id", timestamp="timestamp")
+    for rows, expected in ((data.train_rows, movielens.train_rows), (data.test_rows, movielens.test_rows)):
+        assert sorted(_pairs(data, rows)) == sorted(set(zip(movielens.interactions["user_id"][expected].tolist(),
+                                                            movielens.interactions["movie_id"][expected].tolist())))
+    assert sorted(data.candidate_ids.tolist()) == sorted(movielens.candidate_features["movie_id"].tolist())
+    query, candidate = ({"name": "id-embedding", "feature": key} for key in ("user_id", "movie_id"))
+    ks = [5, 10, 20]
+    ours = _train_and_score(data, query, candidate, ks=ks)
+    theirs = _train_and_score(movielens, query, candidate, ks=ks)
+    for k in ks:
+        assert abs(_top(ours, f"top_{k}") - _top(theirs, f"top_{k}")) <= 0.005
+    # The fixture has no personal signal, so the numbers are low; they must still be non-trivial to compare.
+    assert 0 < _top(ours, "top_20") < 1
+
+
+def _planted_categories(num_users=60, num_items=600, num_categories=20, per_user=40, seed=0):
+    """Each user picks items only from two liked categories; items are too many to learn by id alone."""
+    rng = np.random.default_rng(seed)
+    item_category = rng.integers(0, num_categories, size=num_items)
+    users, items = [], []
+    for user in range(num_users):
+        pool = np.flatnonzero(np.isin(item_category, rng.choice(num_categories, size=2, replace=False)))
+        users += [f"u{user}"] * per_user
+        items += [f"i{j}" for j in rng.choice(pool, size=per_user)]
+    catalog = pa.table({"item": [f"i{j}" for j in range(num_items)], "category": [f"c{c}" for c in item_category]})
+    return InteractionsDataset.from_arrow(pa.table({"user": users, "item": items}), "user", "item",
+                                          candidates=catalog)
+
+
+def test_a_planted_category_column_is_learned_better_than_ids_alone():
+    data = _planted_categories()
+    query = {"name": "features", "side": "query", "embedding_dim": 16}
+    scores = {}
+    for label, encoders in (("with", {}), ("without", {"category": "skip"})):
+        candidate = {"name": "features", "side": "candidate", "embedding_dim": 16, "encoders": encoders}
+        scores[label] = _top(_train_and_score(data, query, candidate, ks=[50], epochs=15, learning_rate=0.2),
+                             "top_50")
+    # Measured 0.83 with the category and 0.71 without (seed 0); seeds 1 and 2 give margins of 0.09 and 0.15.
+    assert scores["with"] > scores["without"] + 0.05, scores

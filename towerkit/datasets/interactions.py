@@ -372,10 +372,14 @@ def _split_rows(split: str, num_rows: int, options: Mapping[str, Any], query_cod
 
 def _random_split(num_rows: int, options: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     shuffle = options["shuffle"]
+    num_train = int(round(num_rows * (1.0 - options["test"])))
+    if num_train in (0, num_rows):
+        # Reported by _split_rows as the part that came out empty.
+        rows = np.arange(num_rows)
+        return (rows, rows[:0]) if num_train else (rows[:0], rows)
     if shuffle == "tutorial" or (shuffle == "auto" and num_rows <= TUTORIAL_SHUFFLE_MAX_ROWS):
         return seed_split(num_rows, 1.0 - options["test"], options["seed"])
     order = np.random.default_rng(options["seed"]).permutation(num_rows)
-    num_train = int(round(num_rows * (1.0 - options["test"])))
     return order[:num_train], order[num_train:]
 
 
