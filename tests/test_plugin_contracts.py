@@ -124,7 +124,7 @@ class NumpyIndex:
     """An exact index in NumPy; ``mistake`` breaks one part of the index contract on purpose.
 
     Args:
-        query_model: Unused (queries are embeddings).
+        query_model: Embeds raw query features (a dict); None to query with embeddings.
         k: Default results per query.
         mistake: "", "numpy", "float64", "int_ids", "ignores_k", "private_k", "wrong_backend" or "keeps_excluded".
     """
@@ -132,7 +132,7 @@ class NumpyIndex:
     saves_itself = False
 
     def __init__(self, query_model=None, k=10, mistake=""):
-        self.mistake = mistake
+        self.query_model, self.mistake = query_model, mistake
         if mistake == "private_k":
             self._k = towerkit.check_k(k, None, "numpy-index")
         else:
@@ -148,6 +148,8 @@ class NumpyIndex:
     def _top(self, queries, k, exclusions=None):
         default = self._k if self.mistake == "private_k" else self.k
         k = towerkit.check_k(default if k is None or self.mistake == "ignores_k" else k, len(self.ids), "numpy-index")
+        if isinstance(queries, dict):
+            queries = self.query_model(queries)
         scores = np.asarray(queries, dtype=np.float32) @ self.candidates.T
         if exclusions is not None and self.mistake != "keeps_excluded":
             scores = np.where(np.isin(self.ids[None, :], exclusions), -np.inf, scores)

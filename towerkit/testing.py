@@ -137,10 +137,12 @@ def check_index_contract(name: str, directory: str | os.PathLike | None = None, 
                          **options: Any) -> float:
     """Checks an index backend against the index contract, on random data.
 
-    The index must expose its default ``k`` as a public attribute; ``index``
-    then ``index(queries)``, ``index(queries, k=...)`` and
-    ``query_with_exclusions`` must return TF tensors (float32 scores and
-    string ids, ``[queries, k]``); recall@10 against exact search must reach
+    The index must expose its default ``k`` as a public attribute; after
+    ``index(candidates, identifiers)``, ``index(queries)``,
+    ``index(queries, k=...)`` and ``query_with_exclusions`` must return TF
+    tensors (float32 scores and string ids, ``[queries, k]``), with
+    embeddings as queries, or raw features (a dict) when it was built with a
+    ``query_model``; recall@10 against exact search must reach
     ``min_recall``; a bad ``k`` must raise ``towerkit.ConfigError``; and an
     index that saves itself must be found again by its ``parameters()["backend"]``
     and answer the same after ``save`` and ``load``.
@@ -171,9 +173,10 @@ def check_index_contract(name: str, directory: str | os.PathLike | None = None, 
     _check_results(name, "index(queries, k=5)", index(queries, k=5), num_queries, 5)
     _check_exclusions(name, index, queries[:2], found[:2])
     exact = ids[np.argsort(-(queries @ candidates.T), axis=1)[:, :10]]
-    recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]))
+    recall = _recall(found, exact)
     if recall < min_recall:
         raise ContractError(f"index '{name}' has recall@10 {recall:.3f} against exact search, below {min_recall}.")
+    _check_query_model(name, candidates, ids, queries, exact, min_recall, options)
     for bad_k in (0, num_candidates + 1):
         try:
             index(queries[:1], k=bad_k)
@@ -183,6 +186,28 @@ def check_index_contract(name: str, directory: str | os.PathLike | None = None, 
     if getattr(index, "saves_itself", False):
         _check_save_and_load(name, index, queries, found, directory)
     return recall
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
+
+
+def _check_query_model(name: str, candidates: np.ndarray, ids: np.ndarray, queries: np.ndarray, exact: np.ndarray,
+                       min_recall: float, options: dict[str, Any]) -> None:
+    """With a query model, the index must take raw query features (a dict) and embed them through it."""
+    import tensorflow as tf
+
+    class FeatureQueryModel(tf.keras.layers.Layer):
+        def call(self, features):
+            return tf.convert_to_tensor(features["query_embedding"])
+
+    index = get_registry("indexes").create(name, k=10, query_model=FeatureQueryModel(), **options)
+    index.index(candidates, identifiers=ids)
+    what = "index({feature: values}) with a query_model"
+    _, found = _check_results(name, what, index({"query_embedding": tf.constant(queries)}), len(queries), 10)
+    if _recall(found, exact) < min_recall:
+        raise ContractError(f"index '{name}': {what} answers with recall@10 {_recall(found, exact):.3f}; it must "
+                            "run the raw features through query_model and search with the embeddings.")
 
 
 def _check_exclusions(name: str, index: Any, queries: np.ndarray, found: np.ndarray) -> None:
