@@ -81,7 +81,8 @@ MAX_LEARNING_RATE = 10**9
 MAX_K = 2**20
 MAX_CLUSTER_TIMEOUT = 86_400
 MAX_NAME_LENGTH = 100
-NAME_PUNCTUATION = "._+-"
+# Besides letters and digits; a name is one path component, never "." or "..".
+NAME_PUNCTUATION = "._+- "
 
 
 def list_recipes() -> list[str]:
@@ -316,11 +317,12 @@ def check_recipe_name(name: Any, where: str) -> str:
     an absolute path would put the run somewhere the user did not ask for.
     """
     ok = (isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and name[0].isalnum()
-          and ".." not in name and all(ch.isalnum() or ch in NAME_PUNCTUATION for ch in name))
+          and not name.endswith(" ") and ".." not in name
+          and all(ch.isalnum() or ch in NAME_PUNCTUATION for ch in name))
     if not ok:
         raise ConfigError(
-            f"{where} must be a plain name (letters, digits and {' '.join(NAME_PUNCTUATION)}, starting with a "
-            f"letter or digit, no '..', at most {MAX_NAME_LENGTH} characters), got {_show(name)}; "
+            f"{where} must be a plain name (letters, digits, spaces and {' '.join(NAME_PUNCTUATION.strip())}, "
+            f"starting with a letter or digit, no '..', at most {MAX_NAME_LENGTH} characters), got {_show(name)}; "
             "choose the output directory with --output instead."
         )
     return name
