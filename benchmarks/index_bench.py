@@ -35,7 +35,7 @@ import towerkit  # noqa: E402  (selects Keras 2)
 import tensorflow as tf  # noqa: E402
 
 from towerkit import config as recipe_config  # noqa: E402
-from towerkit.evaluation import embed  # noqa: E402
+from towerkit.embedding import embed  # noqa: E402
 from towerkit.pipeline import make_optimizer, training_dataset  # noqa: E402
 
 K = 10

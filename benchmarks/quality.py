@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import towerkit  # noqa: E402,F401  (selects Keras 2)
 from towerkit import config as recipe_config  # noqa: E402
+from towerkit.evaluation import TopK  # noqa: E402
 from towerkit.pipeline import run  # noqa: E402
 
 KS = (10, 100)
@@ -33,11 +34,12 @@ def measure(recipe: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as output:
         metrics = run(config, output, log=lambda message: None, verbose=0).metrics
     rows = {}
-    for name in ["test", *(k for k in ("popularity", "cooccurrence") if k in metrics)]:
-        row = {f"top_{k}": metrics[name][f"top_{k}"] for k in KS}
-        excluded = metrics.get("test_excluding_train" if name == "test" else f"{name}_excluding_train", {})
+    for name, value in metrics["test"].items():
+        result = TopK.from_json(value)
+        row = {f"top_{k}": result.all[f"top_{k}"] for k in KS}
+        excluded = result.excluding_train or {}
         row.update({f"excl_top_{k}": excluded.get(f"top_{k}", float("nan")) for k in KS})
-        rows["model" if name == "test" else name] = row
+        rows[name] = row
     rows["model"]["fit"] = metrics["timing"]["fit_seconds"]
     return rows
 

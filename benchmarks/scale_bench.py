@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import towerkit  # noqa: E402  (selects Keras 2)
 import tensorflow as tf  # noqa: E402
 
-from towerkit.evaluation import embed  # noqa: E402
+from towerkit.embedding import embed  # noqa: E402
 from towerkit.pipeline import make_optimizer, training_dataset  # noqa: E402
 
 

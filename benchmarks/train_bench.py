@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 from towerkit import config as recipe_config  # noqa: E402
-from towerkit.evaluation import embed  # noqa: E402
+from towerkit.embedding import embed  # noqa: E402
 from towerkit.pipeline import run  # noqa: E402
 
 KS = (1, 5, 10, 50, 100)
@@ -106,7 +106,7 @@ def towerkit_recipe(data) -> dict:
     config = recipe_config.resolve(raw, origin)
     with tempfile.TemporaryDirectory() as output:
         result = run(config, output, log=lambda message: None, verbose=0)
-    timing, results = result.metrics["timing"], result.metrics["test"]
+    timing, results = result.metrics["timing"], result.metrics["test"]["model"]["all"]
     return {"fit": timing["fit_seconds"], "evaluate": timing["evaluate_seconds"], **results,
             "numpy_gap": numpy_gap(result.model, result.data, results)}
 

@@ -8,7 +8,7 @@ import sys
 import towerkit  # import first: it selects Keras 2 for TFRS
 import tensorflow as tf
 
-from towerkit.evaluation import embed
+from towerkit.embedding import embed
 
 
 def main(dataset: str = "movielens-100k") -> None:

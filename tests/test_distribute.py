@@ -38,7 +38,7 @@ for strategy in ("default", "mirrored"):
     raw = rc.apply_overrides(rc.load_recipe({str(tmp_path / "recipe.toml")!r})[0],
                              [f'train.strategy="{{strategy}}"', "export.enabled=false"])
     metrics = run(rc.resolve(raw, "t"), tempfile.mkdtemp(), log=lambda m: None, verbose=0).metrics
-    out[strategy] = metrics["test"]
+    out[strategy] = metrics["test"]["model"]["all"]
 out["replicas"] = tf.distribute.MirroredStrategy().num_replicas_in_sync
 print(json.dumps(out))
 """
@@ -88,7 +88,7 @@ def test_two_workers_on_localhost_train_and_the_chief_exports(tmp_path):
 
     _, ids = load_export(output / "model").recommend({"user_id": ["user 1"]})
     assert ids.shape == (1, 10)
-    assert json.loads((output / "metrics.json").read_text())["test"]["top_10"] > 0
+    assert json.loads((output / "metrics.json").read_text())["test"]["model"]["all"]["top_10"] > 0
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):

@@ -53,4 +53,4 @@ def test_sigkill_during_training_then_resume_finishes_all_epochs(tmp_path):
 
 def test_resume_needs_a_run_dir(tmp_path):
     result = run_cli("train", "--resume", str(tmp_path))
-    assert result.returncode == 2 and "not a towerkit run to resume" in result.stderr
+    assert result.returncode == 2 and "is not a towerkit run" in result.stderr

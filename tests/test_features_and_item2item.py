@@ -71,7 +71,7 @@ def test_feature_towers_train_end_to_end(small_movielens):
     history = model.fit(training_dataset(small_movielens, model.feature_keys, 32, 10_000, 0), epochs=5, verbose=0)
     # The fixture's ratings are random, so only fitting the training data is expected.
     assert history.history["loss"][-1] < history.history["loss"][0]
-    assert set(towerkit.evaluate_topk(model, small_movielens, ks=[5])) == {"top_5"}
+    assert set(towerkit.evaluate_topk(model, small_movielens, ks=[5]).all) == {"top_5"}
 
 
 def test_consecutive_pairs_follow_time_order_within_users():
@@ -121,8 +121,8 @@ def test_cooccurrence_baseline_counts_training_pairs(data_dir):
         scores = {t: np.sum((train_q == query) & (train_c == t)) + popularity[t] / (max(popularity.values()) + 1)
                   for t in pairs.candidate_ids if t != query}
         hits += sum(s > scores[truth] for s in scores.values()) < 1
-    assert results["top_1"] == pytest.approx(hits / len(pairs.test_rows))
-    assert results["top_40"] == 1.0  # 40 movies in the fixture, the query left out
+    assert results.all["top_1"] == pytest.approx(hits / len(pairs.test_rows))
+    assert results.all["top_40"] == 1.0  # 40 movies in the fixture, the query left out
 
 
 def test_item_to_item_recipe_and_similar_command(data_dir, tmp_path):
@@ -131,13 +131,17 @@ def test_item_to_item_recipe_and_similar_command(data_dir, tmp_path):
                      "--set", 'export.example_query="Film 1 (1951)"', "--set", "index.k=6")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((output / "metrics.json").read_text())
-    assert {"test", "popularity", "cooccurrence"} <= set(metrics)
+    assert set(metrics["test"]) == {"model", "popularity", "cooccurrence"}
     similar = run_cli("similar", "Film 1 (1951)", "--model", str(output / "model"), "-k", "5", "--json")
     assert similar.returncode == 0, similar.stderr
     rows = json.loads(similar.stdout)
     assert len(rows) == 5 and all(r["id"] != "Film 1 (1951)" for r in rows)
     too_many = run_cli("similar", "Film 1 (1951)", "--model", str(output / "model"), "-k", "9")
     assert too_many.returncode == 2 and "at most" in too_many.stderr
+    # An unknown title is answered (from the shared OOV embedding), with the same warning as `recommend`.
+    unknown = run_cli("similar", "No Such Film (2099)", "--model", str(output / "model"), "-k", "3", "--json")
+    assert unknown.returncode == 0 and "unknown to this model" in unknown.stderr
+    assert len(json.loads(unknown.stdout)) == 3
 
 
 def test_feature_tower_export_takes_typed_query_features(data_dir, tmp_path):

@@ -148,7 +148,7 @@ def test_logq_correction_undoes_the_in_batch_popularity_penalty(synthetic):
     the training logits removes that penalty: the corrected model ranks popular
     items higher at serving time (which is also why it beats popularity on
     MovieLens while the uncorrected seed model does not)."""
-    from towerkit.evaluation import embed
+    from towerkit.embedding import embed
 
     def mean_popularity_of_top10(logq):
         tf.keras.utils.set_random_seed(0)

@@ -27,6 +27,7 @@ CHECKPOINT_DIR = "checkpoints"
 IDENTITY_FILE = "identity.json"
 # Sections that decide the trained weights; evaluation, index and export do not.
 WEIGHT_SECTIONS = ("dataset", "query_tower", "candidate_tower", "task", "model", "optimizer", "train")
+COMPONENT_SECTIONS = ("dataset", "query_tower", "candidate_tower", "task")
 # Writes in a background thread, so training does not wait on the disk.
 ASYNC = tf.train.CheckpointOptions(enable_async=True)
 
@@ -35,20 +36,45 @@ class CheckpointError(TowerkitError):
     """Checkpoints are missing, damaged, or belong to another configuration."""
 
 
-def config_identity(config: Mapping[str, Any]) -> str:
-    """A hash of what decides a run's weights (the epoch count aside, so a run may be extended)."""
-    relevant = {section: dict(config[section]) for section in WEIGHT_SECTIONS if section in config}
+def weight_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved recipe that decide the trained weights (the epoch count aside, so a run may be extended)."""
+    relevant = json.loads(json.dumps({section: config[section] for section in WEIGHT_SECTIONS if section in config},
+                                     default=str))
     relevant.get("train", {}).pop("epochs", None)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    return relevant
 
 
-def recorded_identity(run_dir: Path) -> str | None:
+def config_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What identity.json records: the weight-deciding sections and their hash."""
+    sections = weight_config(config)
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode("utf-8")).hexdigest()
+    return {"config_sha256": digest, "sections": sections}
+
+
+def recorded_identity(run_dir: Path) -> dict[str, Any] | None:
     """The identity stored beside a run's checkpoints, or None if it has none (or it is unreadable)."""
     try:
         value = json.loads((Path(run_dir) / CHECKPOINT_DIR / IDENTITY_FILE).read_text(encoding="utf-8"))
-        return value["config_sha256"] if isinstance(value, dict) else None
-    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+    return value if isinstance(value, dict) and isinstance(value.get("sections"), dict) else None
+
+
+def same_weights_config(recorded: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` trains what the recorded sections trained.
+
+    A key of a fixed section (train, model, optimizer) that the record lacks
+    is one a later towerkit added with its default, and does not count.
+    """
+    current = weight_config(config)
+    for section, values in current.items():
+        stored = recorded.get(section, {})
+        if section in COMPONENT_SECTIONS:
+            if stored != values:
+                return False
+        elif any(stored[key] != value for key, value in values.items() if key in stored):
+            return False
+    return set(recorded) <= set(current)
 
 
 def has_checkpoints(run_dir: Path) -> bool:
@@ -60,7 +86,9 @@ def check_identity(run_dir: Path, config: Mapping[str, Any], resume: bool) -> No
     if not has_checkpoints(run_dir):
         return
     recorded = recorded_identity(run_dir)
-    if recorded == config_identity(config) or (resume and recorded is None):
+    if recorded is None and resume:
+        return
+    if recorded is not None and same_weights_config(recorded["sections"], config):
         return  # (no identity: written before identities were recorded; its config.toml is all we have)
     if resume:
         raise CheckpointError(
@@ -89,7 +117,7 @@ def verify(prefix: str) -> None:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError, OSError) as exc:
+    except (tf.errors.OpError, ValueError, OSError, IndexError) as exc:  # IndexError: a truncated data file
         raise CheckpointError(f"checkpoint {prefix} is damaged ({type(exc).__name__})") from exc
 
 
@@ -150,7 +178,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
             ) from exc
 
 
-def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool, identity: str,
+def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool, identity: dict[str, Any],
                   say: Callable[[str], None] = print) -> tuple[EpochCheckpoint, int]:
     """Returns a callback that checkpoints the run, and the epoch to start from.
 
@@ -163,7 +191,7 @@ def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: boo
     if not resume and directory.exists():
         shutil.rmtree(directory)  # this run's own earlier checkpoints (identity checked before)
     directory.mkdir(parents=True, exist_ok=True)
-    files.write_json(directory / IDENTITY_FILE, {"config_sha256": identity})
+    files.write_json(directory / IDENTITY_FILE, identity)
     manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=3)
     start = 0
     if resume:

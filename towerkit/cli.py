@@ -126,16 +126,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from towerkit import config as recipe_config
+    from towerkit import files
+    from towerkit.export import EXPORT_KIND
+    from towerkit.export_format import METADATA_FILE
     from towerkit.pipeline import stage_export, stage_index
     from towerkit.runs import open_run
 
     overrides = args.set or []
     recipe_config.check_export_overrides(overrides)
+    target = Path(args.output or os.path.join(args.model, "model"))
+    # Refused before any work: towerkit replaces only an export it wrote itself.
+    files.recover(target)
+    files.check_replaceable(target, EXPORT_KIND, legacy_files=(METADATA_FILE,))
     run = open_run(args.model, _stderr)
     run.config = recipe_config.resolve(recipe_config.apply_overrides(run.config, overrides),
                                        f"{args.model}/config.toml with --set")
     run.options.log = _stderr
-    run.export_target = Path(args.output or os.path.join(args.model, "model"))
+    run.export_target = target
     run.metrics.update(recipe=run.config["recipe"]["name"], dataset=run.data.describe())
     run.config["export"]["enabled"] = True
     stage_index(run)

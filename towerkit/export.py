@@ -60,14 +60,16 @@ def save_export(
         "tensorflow_version": tf.__version__,
         "query_feature_keys": list(query_feature_keys),
         "query_feature_dtypes": {key: _spec_name(spec) for key, spec in specs.items()},
-        "index": index.parameters(),
+        # "external" tells the loader to load the index through its plugin (see serving.loaded).
+        "index": {**index.parameters(), "external": bool(getattr(index, "saves_itself", False))},
         **metadata,
     }
     with files.staging_dir(target, EXPORT_KIND) as staging:
         try:
             _save_model(index, staging, specs)
-        except OSError as exc:
-            raise TowerkitError(f"writing the export to {target} failed ({exc.strerror or exc}); "
+        except (OSError, tf.errors.OpError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+            raise TowerkitError(f"writing the export to {target} failed ({reason}); "
                                 "the previous export, if any, is unchanged.") from exc
         files.write_json(staging / METADATA_FILE, record)
         for name, data in (extra_files or {}).items():
