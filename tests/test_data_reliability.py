@@ -37,12 +37,14 @@ from conftest import make_zip, run_cli, run_python, write_grouplens
 # Helpers
 
 
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for a directory)."""
-    return {
-        str(path.relative_to(root)): (None if path.is_dir() else path.read_bytes())
-        for path in sorted(root.rglob("*"))
-    }
+def snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under ``root`` with its bytes (None for a directory, the target for a link)."""
+    def content(path: Path) -> bytes | str | None:
+        if path.is_symlink():
+            return os.readlink(path)
+        return None if path.is_dir() else path.read_bytes()
+
+    return {str(path.relative_to(root)): content(path) for path in sorted(root.rglob("*"))}
 
 
 def one_line(text: str) -> str:
@@ -244,7 +246,8 @@ def test_a_failed_download_leaves_the_users_dir_as_it_was(tmp_path, local_groupl
 # 2. An unusable data directory fails before any download, with one clear error.
 
 
-@pytest.mark.parametrize("layout", ["data dir is a file", "ml-100k is a file", "a parent is a file"])
+@pytest.mark.parametrize("layout", ["data dir is a file", "ml-100k is a file", "a parent is a file",
+                                    "ml-100k is a broken link"])
 def test_an_unusable_data_dir_fails_before_any_download(layout, tmp_path, local_grouplens):
     blocker = tmp_path / "blocker"
     blocker.write_text("the user's file\n")
@@ -252,14 +255,20 @@ def test_an_unusable_data_dir_fails_before_any_download(layout, tmp_path, local_
         "data dir is a file": blocker,
         "ml-100k is a file": tmp_path,
         "a parent is a file": blocker / "deeper" / "data",
+        "ml-100k is a broken link": tmp_path,
     }[layout]
     if layout == "ml-100k is a file":
         blocker = tmp_path / "ml-100k"
         blocker.write_text("the user's file\n")
+    if layout == "ml-100k is a broken link":
+        (tmp_path / "ml-100k").symlink_to(tmp_path / "nowhere")
+    before = snapshot(tmp_path)
     with pytest.raises(DataError) as info:
         fetch.fetch_movielens_100k(data_dir, sources=("grouplens",), progress=None)
-    assert f"{blocker} is a file, not a directory" in str(info.value) and "\n" not in str(info.value)
-    assert local_grouplens.hits == 0 and blocker.read_text() == "the user's file\n"
+    what = "a broken link or a special file" if layout.endswith("link") else "a file"
+    shown = tmp_path / "ml-100k" if layout.endswith("link") else blocker
+    assert f"{shown} is {what}, not a directory" in str(info.value) and "\n" not in str(info.value)
+    assert local_grouplens.hits == 0 and snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("action", ["fetch", "info"])
@@ -462,13 +471,21 @@ def test_damaged_grouplens_data_is_rejected_naming_file_and_line(case, tmp_path)
     assert snapshot(tmp_path / "data") == before
 
 
-def test_a_duplicate_movie_id_is_damage_on_the_cli_not_a_relabelling(tmp_path):
+CLI_DAMAGE = {
+    "duplicate movie id": ("u.item", _movie("5", "A different film (1980)"), "movie id 5 appears again"),
+    "timestamp beyond int64": ("u.data", "1\t1\t3\t99999999999999999999999", "timestamp '99999999999999999999999'"),
+    "non-numeric rating": ("u.data", "1\t1\tgood\t881250949", "rating 'good'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_DAMAGE))
+def test_damaged_data_is_exit_2_and_one_line_on_the_cli(case, tmp_path):
+    name, line, expected = CLI_DAMAGE[case]
     directory = write_grouplens(tmp_path / "data" / "ml-100k", num_users=20, num_movies=15, num_ratings=100)
-    number = _append(directory / "u.item", _movie("5", "A different film (1980)"))
+    number = _append(directory / name, line)
     result = run_cli("data", "info", "movielens-100k", "--data-dir", str(tmp_path / "data"), timeout=120)
     assert result.returncode == 2
-    line = one_line(result.stderr)
-    assert f"u.item line {number} is malformed: movie id 5 appears again" in line
+    assert f"{name} line {number} is malformed: {expected}" in one_line(result.stderr)
 
 
 @pytest.mark.parametrize("ending", ["\r\n", "no final newline"])

@@ -76,7 +76,8 @@ def test_corrupt_grouplens_files_name_the_problem(data_dir, name, corrupt):
 
 def _recbole_files():
     return {
-        "ml-100k.inter": b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t5\t881250949\n2\t1\t3\t881250950\n",
+        "ml-100k.inter": (b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t5\t881250949\n"
+                          b"2\t1\t3\t881250950\n1\t1\t4\t881250951\n2\t2\t2\t881250952\n1\t1\t1\t881250953\n"),
         "ml-100k.item": ("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
                          "1\tMis\u00e9rables, Les\t1995\tDrama Musical\n2\tunkonwn\tunkonwn\tunknown\n").encode("utf-8"),
         "ml-100k.user": b"user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n",
@@ -90,13 +91,14 @@ def test_recbole_conversion_gives_grouplens_layout(tmp_path):
     assert sorted(data.candidate_ids) == ["Misérables, Les (1995)", "unknown"]
     assert [TFDS_GENRES[g] for g in data.candidate_features["movie_genres"][0]] == ["Drama", "Musical"]
     assert [TFDS_GENRES[g] for g in data.candidate_features["movie_genres"][1]] == ["Unknown"]
-    assert sorted(data.interactions["user_id"]) == ["1", "2"]
+    assert sorted(data.interactions["user_id"]) == ["1", "1", "1", "2", "2"]
+    assert sorted(data.interactions["user_rating"]) == [1, 2, 3, 4, 5]
 
 
 def test_recbole_conversion_rejects_wrong_column_count():
     files = _recbole_files()
     files["ml-100k.inter"] += b"3\t4\n"
-    with pytest.raises(DataError, match="ml-100k.inter line 4 has 2 columns"):
+    with pytest.raises(DataError, match="ml-100k.inter line 7 has 2 columns"):
         fetch.recbole_to_grouplens(files)
 
 

@@ -104,11 +104,11 @@ def check_target(target: Path, data_dir: Path | str | None = None) -> None:
     """
     remedy = _remedy(data_dir)
     try:
-        existing = next(path for path in (target, *target.parents) if path.exists())
+        existing = next(path for path in (target, *target.parents) if path.exists() or path.is_symlink())
         if not existing.is_dir():
+            what = "a file" if existing.is_file() else "a broken link or a special file"
             raise DataError(
-                f"{existing} is a file, not a directory, so MovieLens cannot be stored in {target}; "
-                f"{remedy}."
+                f"{existing} is {what}, not a directory, so MovieLens cannot be stored in {target}; {remedy}."
             )
         with tempfile.TemporaryFile(dir=existing):
             pass  # proves we may create files there, where os.access cannot (root, read-only mounts)
@@ -150,13 +150,13 @@ def install_files(target: Path, contents: dict[str, bytes]) -> None:
     created = not target.exists()
     try:
         target.mkdir(parents=True, exist_ok=True)
-        if created:
-            mark(target, DATA_KIND)
     except OSError as exc:
         raise DataError(f"cannot create {target} ({exc.strerror or exc}); choose a writable data directory.") from None
-    ours = marker_kind(target) == DATA_KIND
     written = []
     try:
+        if created:
+            mark(target, DATA_KIND)
+        ours = marker_kind(target) == DATA_KIND
         for name in GROUPLENS_FILES:
             path = target / name
             if ours or not path.exists():
