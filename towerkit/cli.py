@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 DEFAULT_RECIPE = "retrieval"
 KIND_CHOICES = ("towers", "tasks", "indexes", "datasets", "recipes")
@@ -331,81 +331,98 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"towerkit: error: {message}; see `{self.prog} --help`.\n")
 
 
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
+    parser.add_argument("--recipe", dest="recipe_option", metavar="RECIPE", help="the same, as an option")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value (repeatable)")
+    parser.add_argument("--output", "-o", help="output dir (default towerkit-runs/RECIPE)")
+    parser.add_argument("--json", action="store_true", help="print metrics as JSON only")
+    parser.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                        help="save a checkpoint every N epochs (default 1)")
+    parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
+    parser.add_argument("--force", action="store_true",
+                        help="move another configuration's checkpoints in OUTPUT aside instead of refusing")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+                        help="tf.distribute strategy (overrides train.strategy)")
+
+
+def _configure_run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="RUN_DIR", help="output dir of `towerkit train`")
+
+
+def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    _configure_run_dir(parser)
+    parser.add_argument("--json", action="store_true")
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    _configure_run_dir(parser)
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="change the index, e.g. index.name=scann or index.k=100 (repeatable)")
+    parser.add_argument("--output", "-o", help="export dir (default RUN_DIR/model)")
+
+
+def _configure_list(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=KIND_CHOICES)
+    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default *)")
+    parser.add_argument("--json", action="store_true")
+
+
+def _configure_describe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=KIND_CHOICES[:-1])
+    parser.add_argument("name")
+
+
+def _configure_json_only(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true")
+
+
+def _configure_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("fetch", "info"))
+    parser.add_argument("name", nargs="?", default="movielens-100k")
+    parser.add_argument("--data-dir", help="towerkit data dir (default $TOWERKIT_DATA or ~/.cache/towerkit)")
+    parser.add_argument("--json", action="store_true")
+
+
+def _configure_recommend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="export dir written by train")
+    parser.add_argument("--user", required=True, help="the query id (e.g. a user id)")
+    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--exclude-seen", action="store_true", help="leave out the user's training items")
+    parser.add_argument("--json", action="store_true")
+
+
+def _configure_similar(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("item", help="the query item's id, e.g. a movie title")
+    parser.add_argument("--model", default=os.path.join("towerkit-runs", "item-to-item", "model"),
+                        help="export dir written by `towerkit train item-to-item` (default %(default)s)")
+    parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--json", action="store_true")
+
+
+# name -> (help, configure the parser, run the command); a new command is one row here.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "train": ("Train, evaluate, index and export a model from a recipe.", _configure_train, cmd_train),
+    "evaluate": ("Evaluate a trained run again (exact top-k against the baselines).", _configure_evaluate, cmd_evaluate),
+    "export": ("Export a trained run with an index of your choice.", _configure_export, cmd_export),
+    "list": ("List registered components or shipped recipes.", _configure_list, cmd_list),
+    "describe": ("Show one component's source, aliases and options.", _configure_describe, cmd_describe),
+    "plugins": ("List plugins and the components each registered.", _configure_json_only, cmd_plugins),
+    "data": ("Fetch a dataset or describe it.", _configure_data, cmd_data),
+    "recommend": ("Recommend from an exported model.", _configure_recommend, cmd_recommend),
+    "similar": ("Items like a given item, from an item-to-item export.", _configure_similar, cmd_similar),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="towerkit", description="Two-tower retrieval recommenders, assembled by name.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
-
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-
-    train = add("train", "Train, evaluate, index and export a model from a recipe.")
-    train.add_argument("recipe", nargs="?", help=f"recipe name or .toml path (default {DEFAULT_RECIPE})")
-    train.add_argument("--recipe", dest="recipe_option", metavar="RECIPE", help="the same, as an option")
-    train.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a recipe value (repeatable)")
-    train.add_argument("--output", "-o", help="output dir (default towerkit-runs/RECIPE)")
-    train.add_argument("--json", action="store_true", help="print metrics as JSON only")
-    train.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
-    train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                       help="save a checkpoint every N epochs (default 1)")
-    train.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
-    train.add_argument("--force", action="store_true",
-                       help="move another configuration's checkpoints in OUTPUT aside instead of refusing")
-    train.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
-                       help="tf.distribute strategy (overrides train.strategy)")
-    train.set_defaults(func=cmd_train)
-
-    evaluate = add("evaluate", "Evaluate a trained run again (exact top-k against the baselines).")
-    evaluate.add_argument("--model", required=True, metavar="RUN_DIR", help="output dir of `towerkit train`")
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.set_defaults(func=cmd_evaluate)
-
-    export = add("export", "Export a trained run with an index of your choice.")
-    export.add_argument("--model", required=True, metavar="RUN_DIR", help="output dir of `towerkit train`")
-    export.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                        help="change the index, e.g. index.name=scann or index.k=100 (repeatable)")
-    export.add_argument("--output", "-o", help="export dir (default RUN_DIR/model)")
-    export.set_defaults(func=cmd_export)
-
-    listing = add("list", "List registered components or shipped recipes.")
-    listing.add_argument("kind", choices=KIND_CHOICES)
-    listing.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern (default *)")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_list)
-
-    describe = add("describe", "Show one component's source, aliases and options.")
-    describe.add_argument("kind", choices=KIND_CHOICES[:-1])
-    describe.add_argument("name")
-    describe.set_defaults(func=cmd_describe)
-
-    plugins = add("plugins", "List plugins and the components each registered.")
-    plugins.add_argument("--json", action="store_true")
-    plugins.set_defaults(func=cmd_plugins)
-
-    data = add("data", "Fetch a dataset or describe it.")
-    data.add_argument("action", choices=("fetch", "info"))
-    data.add_argument("name", nargs="?", default="movielens-100k")
-    data.add_argument("--data-dir", help="towerkit data dir (default $TOWERKIT_DATA or ~/.cache/towerkit)")
-    data.add_argument("--json", action="store_true")
-    data.set_defaults(func=cmd_data)
-
-    recommend = add("recommend", "Recommend from an exported model.")
-    recommend.add_argument("--model", required=True, help="export dir written by train")
-    recommend.add_argument("--user", required=True, help="the query id (e.g. a user id)")
-    recommend.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    recommend.add_argument("--exclude-seen", action="store_true", help="leave out the user's training items")
-    recommend.add_argument("--json", action="store_true")
-    recommend.set_defaults(func=cmd_recommend)
-
-    similar = add("similar", "Items like a given item, from an item-to-item export.")
-    similar.add_argument("item", help="the query item's id, e.g. a movie title")
-    similar.add_argument("--model", default=os.path.join("towerkit-runs", "item-to-item", "model"),
-                         help="export dir written by `towerkit train item-to-item` (default %(default)s)")
-    similar.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    similar.add_argument("--json", action="store_true")
-    similar.set_defaults(func=cmd_similar)
+    for name, (help_text, configure, run) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        configure(command)
+        command.set_defaults(func=run)
     return parser
 
 
