@@ -17,7 +17,7 @@ the Parquet file. The CPU model and load average are printed, since both move
 the numbers.
 
 Usage: python benchmarks/data_bench.py [--rows 10000000] [--users 1000000] [--items 200000]
-                                       [--runs 3] [--epoch]
+                                       [--runs 3] [--shuffle auto] [--epoch]
 """
 
 from __future__ import annotations
@@ -84,14 +84,18 @@ def column_bytes(path: Path) -> int:
     return pq.read_metadata(path).num_rows * 8 * len(COLUMNS)
 
 
-def child(path: str) -> None:
+def child(path: str, shuffle: str) -> None:
     """One measured load in this process; prints a JSON line."""
+    import pyarrow.compute  # noqa: F401  (imports are not the load's memory)
+    import pyarrow.csv  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
     import towerkit  # noqa: F401  (selects Keras 2)
     from towerkit.datasets.interactions import InteractionsDataset
 
     baseline = rss_bytes()
     start = time.perf_counter()
-    data = InteractionsDataset(path, query_id="user", candidate_id="item", timestamp="ts")
+    data = InteractionsDataset(path, query_id="user", candidate_id="item", timestamp="ts", shuffle=shuffle)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     held = sum(array.nbytes for array in data.interactions.values())
@@ -99,9 +103,9 @@ def child(path: str) -> None:
                       "peak": peak, "held": held, "train": len(data.train_rows), "test": len(data.test_rows)}))
 
 
-def measure(path: Path) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True,
-                            check=False)
+def measure(path: Path, shuffle: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", str(path), "--shuffle", shuffle],
+                            capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"the load of {path} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -149,7 +153,7 @@ def report(paths: dict[str, Path], results: dict[str, list[dict]], args: argpars
     first = results["parquet"][0]
     print(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as fixed-width text); "
           f"process baseline after imports {first['baseline'] / 2**20:,.0f} MiB; "
-          f"split {first['train']:,} train / {first['test']:,} test")
+          f"split {first['train']:,} train / {first['test']:,} test, shuffle {args.shuffle}")
     for label, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {label}")
 
@@ -161,10 +165,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epoch", action="store_true", help="also time one training epoch from the Parquet file")
+    parser.add_argument("--shuffle", default="auto", choices=("auto", "tutorial", "numpy"),
+                        help="the random split's shuffle (auto: the tutorial's up to 1M rows, NumPy above)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.shuffle)
         return
     print(f"CPU: {cpu_model()} x {os.cpu_count()}; load average before: "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
@@ -175,7 +181,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
         for run in range(args.runs):
             for fmt in FORMATS:
-                results[fmt].append(measure(paths[fmt]))
+                results[fmt].append(measure(paths[fmt], args.shuffle))
                 last = results[fmt][-1]
                 print(f"  run {run + 1} {fmt:<8} {last['seconds']:6.2f} s  {last['rows'] / last['seconds']:>12,.0f} rows/s"
                       f"  peak RSS {last['peak'] / 2**20:,.0f} MiB", flush=True)

@@ -163,14 +163,17 @@ class InteractionsDataset(RetrievalDataset):
         self.sources = [str(path) for path, _ in shards]
         query_ids, query_codes = tabular.id_column(table.column(query_id), query_id, shards)
         candidate_ids, candidate_codes = tabular.id_column(table.column(candidate_id), candidate_id, shards)
-        interactions: Features = {query_id: query_ids[query_codes], candidate_id: candidate_ids[candidate_codes]}
+        columns: Features = {}
         if timestamp:
-            interactions[timestamp] = tabular.timestamp_column(table.column(timestamp), timestamp, shards)
+            columns[timestamp] = tabular.timestamp_column(table.column(timestamp), timestamp, shards)
         own = [c for c in table.column_names if c not in (query_id, candidate_id, timestamp)]
-        interactions.update(self._feature_columns(table, own, shards, text_columns))
+        columns.update(self._feature_columns(table, own, shards, text_columns))
         self.interaction_feature_columns = tuple(own)
-        self._query_codes = query_codes
+        # The Arrow table goes before the id columns are spelled out in full, which lowers the peak memory.
         del table
+        pa.default_memory_pool().release_unused()
+        interactions: Features = {query_id: query_ids[query_codes], candidate_id: candidate_ids[candidate_codes],
+                                  **columns}
 
         candidate_features, self.candidate_feature_columns = self._side_table(
             candidates, "candidates", candidate_id, candidate_ids, candidate_codes, interactions, text_columns)

@@ -254,8 +254,8 @@ def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, i
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
     if pa.types.is_integer(kind):
-        column = column.cast(pa.string())
-    elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return _integer_ids(column, name, shards)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"id column {name!r} holds {kind} values; ids must be strings or integers, so "
                         "convert the column (e.g. write floats as integers).")
     missing = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))
@@ -265,6 +265,19 @@ def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, i
         raise DataError(f"{locate_row(row, shards)} has an empty id in column {name!r}; every row needs an id, "
                         "so fill it in or drop the row.")
     return encode_strings(column)
+
+
+def _integer_ids(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ids as (their decimal text, a code per row), hashing the integers rather than their text."""
+    if column.null_count:
+        row = int(pc.index(pc.is_null(column), True).as_py())
+        raise DataError(f"{locate_row(row, shards)} has an empty id in column {name!r}; every row needs an id, "
+                        "so fill it in or drop the row.")
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    values = encoded.dictionary.to_numpy().astype(str)
+    # NumPy sizes int64 text for 21 characters; the widest id decides instead.
+    values = values.astype(f"<U{max(int(np.char.str_len(values).max()), 1)}")
+    return values, encoded.indices.to_numpy(zero_copy_only=False)
 
 
 def timestamp_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> np.ndarray:
