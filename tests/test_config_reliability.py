@@ -148,6 +148,15 @@ def test_oversized_tower_fails_at_assembly_before_any_training(synthetic):
                                                     candidate="movie", data=synthetic), match="embedding_dim")
 
 
+def test_cli_refuses_a_huge_embedding_dim_before_training_with_exit_2_and_one_line(tmp_path):
+    (tmp_path / "r.toml").write_text(recipe_text())
+    result = run_towerkit("train", str(tmp_path / "r.toml"), "--set", "query_tower.embedding_dim=1000000000",
+                          "-o", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "embedding_dim" in result.stderr
+    assert "training" not in result.stdout and not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("interactions", [1, 2])
 def test_dataset_too_small_for_a_test_split_is_one_error(interactions):
     assert_one_line_error(lambda: towerkit.load_dataset("synthetic", num_users=2, num_items=2,

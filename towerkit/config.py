@@ -332,15 +332,19 @@ def _is_seed_key(key: Any) -> bool:
     return isinstance(key, str) and (key == "seed" or key.endswith("_seed"))
 
 
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Returns ``value`` if it is a usable random seed: an int from 0 to 2**32 - 1 (numpy's range)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be an integer from 0 to {MAX_SEED:,} (2**32 - 1), got {_show(value)}.")
+    return value
+
+
 def _check_seeds(config: dict[str, Any], origin: str) -> None:
     """Every seed, in any section (train.seed, dataset.seed, dataset.split_seed, ...), fits numpy's range."""
     for section, values in config.items():
         for key, value in values.items():
-            if not _is_seed_key(key):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-                raise ConfigError(f"{section}.{key} in {origin} must be an integer from 0 to {MAX_SEED:,} "
-                                  f"(2**32 - 1), got {_show(value)}.")
+            if _is_seed_key(key):
+                check_seed(value, f"{section}.{key} in {origin}")
 
 
 def _check_memory(config: dict[str, Any], origin: str) -> None:
