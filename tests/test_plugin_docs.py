@@ -111,3 +111,17 @@ def test_recipes_doc_example_is_a_valid_recipe():
     example = next(text for lang, text in code_blocks(RECIPES_DOC) if lang == "toml")
     resolved = config.resolve(config.read_toml(example, "docs/recipes.md"), "docs/recipes.md")
     assert resolved["train"]["epochs"] == 3 and resolved["index"]["k"] == 10
+
+
+def test_recipes_show_prints_a_shipped_recipe_to_copy(tmp_path):
+    from towerkit import config
+
+    shown = run_cli("recipes", "show", "basic-retrieval")
+    assert shown.returncode == 0, shown.stderr
+    (tmp_path / "copy.toml").write_text(shown.stdout)
+    copied = config.resolve(*config.load_recipe(str(tmp_path / "copy.toml")))
+    assert copied == config.resolve(*config.load_recipe("basic-retrieval"))
+    unknown = run_cli("recipes", "show", "retrieva")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == ("towerkit: error: unknown recipe 'retrieva'; did you mean 'retrieval'? "
+                                      "shipped recipes: basic-retrieval, item-to-item, retrieval.")

@@ -35,6 +35,9 @@ EPILOGS = {
     "plugins": """examples:
   towerkit plugins
   TOWERKIT_PLUGINS=towerkit-hashing towerkit plugins --json""",
+    "recipes": """examples:
+  towerkit recipes show basic-retrieval > my_recipe.toml
+  towerkit train my_recipe.toml""",
     "list": """examples:
   towerkit list towers
   towerkit list indexes 'scann*'
@@ -58,6 +61,10 @@ class UserError(Exception):
 def _quiet_tensorflow() -> None:
     # Level 3 also hides the CUDA probe errors TF logs on machines without a GPU.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TF's Python side logs through absl (e.g. a failed async checkpoint, which towerkit reports itself).
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.FATAL)
 
 
 def _print_json(value: Any) -> None:
@@ -402,6 +409,29 @@ def _configure_similar(parser: argparse.ArgumentParser) -> None:
 
 
 # name -> (help, configure the parser, run the command); a new command is one row here.
+def _configure_recipes(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=OneLineParser)
+    show = actions.add_parser("show", help="print a shipped recipe's TOML, to copy and edit")
+    show.add_argument("name", help="a name from `towerkit list recipes`")
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """Prints a shipped recipe as written (comments included); docs/recipes.md describes every key."""
+    import difflib
+    from importlib import resources
+
+    from towerkit import config as recipe_config
+
+    names = recipe_config.list_recipes()
+    if args.name not in names:
+        close = difflib.get_close_matches(args.name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown recipe '{args.name}'; {hint}shipped recipes: {', '.join(names)}.")
+    print((resources.files("towerkit") / recipe_config.RECIPE_DIR / f"{args.name}.toml").read_text(encoding="utf-8"),
+          end="")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("Train, evaluate, index and export a model from a recipe.", _configure_train, cmd_train),
     "evaluate": ("Evaluate a trained run again (exact top-k against the baselines).", _configure_evaluate, cmd_evaluate),
@@ -409,6 +439,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "list": ("List registered components or shipped recipes.", _configure_list, cmd_list),
     "describe": ("Show one component's source, aliases and options.", _configure_describe, cmd_describe),
     "plugins": ("List plugins and the components each registered.", _configure_json_only, cmd_plugins),
+    "recipes": ("Show a shipped recipe, to copy and edit.", _configure_recipes, cmd_recipes),
     "data": ("Fetch a dataset or describe it.", _configure_data, cmd_data),
     "recommend": ("Recommend from an exported model.", _configure_recommend, cmd_recommend),
     "similar": ("Items like a given item, from an item-to-item export.", _configure_similar, cmd_similar),
