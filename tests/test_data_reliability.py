@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -147,7 +148,7 @@ if os.geteuid() == 0:
 """
 
 
-def run_cli_unprivileged(*args: str, env: dict) -> "subprocess.CompletedProcess":  # noqa: F821
+def run_cli_unprivileged(*args: str, env: dict) -> subprocess.CompletedProcess:
     code = DROP_PRIVILEGES + f"""
 import runpy, sys
 sys.argv = ["towerkit", *{list(args)!r}]
@@ -345,9 +346,8 @@ def _wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-def test_sigkill_of_a_fetch_kills_pip_and_the_next_fetch_cleans_up(tmp_path, monkeypatch):
-    import subprocess
-
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_killed_fetch_takes_pip_along_and_the_next_fetch_cleans_up(signal_name, tmp_path, monkeypatch):
     hung_index = CountingSocket(answer=False)
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
@@ -362,9 +362,9 @@ def test_sigkill_of_a_fetch_kills_pip_and_the_next_fetch_cleans_up(tmp_path, mon
         assert _wait_for(lambda: hung_index.connections, 60), "pip never reached the index"
         pips = _children(towerkit_process.pid)
         assert len(pips) == 1
-        stale = [p for p in temp_root.glob("towerkit-pip-*") if p != decoy]
-        assert len(stale) == 1 and stale[0].name.startswith(f"towerkit-pip-{towerkit_process.pid}-")
-        towerkit_process.send_signal(signal.SIGKILL)
+        pip_dirs = [p for p in temp_root.glob("towerkit-pip-*") if p != decoy]
+        assert len(pip_dirs) == 1 and pip_dirs[0].name.startswith(f"towerkit-pip-{towerkit_process.pid}-")
+        towerkit_process.send_signal(getattr(signal, signal_name))
         towerkit_process.wait(timeout=10)
         assert _wait_for(lambda: not _alive(pips[0]), 5), "pip outlived the fetch that started it"
     finally:
@@ -372,7 +372,8 @@ def test_sigkill_of_a_fetch_kills_pip_and_the_next_fetch_cleans_up(tmp_path, mon
             towerkit_process.kill()
             towerkit_process.wait()
         hung_index.close()
-    assert stale[0].exists()
+    # Ctrl-C lets towerkit clean up at once; a kill leaves the directory for the next fetch.
+    assert pip_dirs[0].exists() == (signal_name != "SIGINT")
     # The next fetch (here one that finds its files present) removes the dead fetch's directory only.
     write_grouplens(tmp_path / "data" / "ml-100k", num_users=10, num_movies=8, num_ratings=30)
     monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
@@ -504,11 +505,9 @@ TITLES = ["Misérables, Les (1995)", "Citizen Kane (1941)", "東京物語 (1953)
 
 @pytest.mark.parametrize("encoding", ["iso-8859-1", "utf-8"])
 def test_titles_read_right_in_latin1_and_utf8(encoding, tmp_path):
-    titles = TITLES if encoding == "utf-8" else [t for t in TITLES if t.isascii() or t.encode("latin-1", "ignore").decode("latin-1") == t]
+    titles = [title for title in TITLES if encoding == "utf-8" or all(ord(c) < 256 for c in title)]
     directory = write_grouplens(tmp_path / "data" / "ml-100k", num_users=10, num_movies=len(titles), num_ratings=30)
-    lines = []
-    for number, title in enumerate(titles, start=1):
-        lines.append(_movie(str(number), title))
+    lines = [_movie(str(number), title) for number, title in enumerate(titles, start=1)]
     (directory / "u.item").write_bytes(("\n".join(lines) + "\n").encode(encoding))
     data = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path / "data"), source="files")
     assert sorted(data.candidate_ids) == sorted(titles)
@@ -568,7 +567,7 @@ def _expect_valid(data) -> None:
     assert set(data.interactions["movie_id"]) <= set(data.candidate_features["movie_id"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files=damaged_files())
 def test_damaged_lines_load_as_valid_data_or_raise_data_error(files):
     with tempfile.TemporaryDirectory() as root:
@@ -611,7 +610,7 @@ def valid_files(draw):
     return files, titles, ratings
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated=valid_files())
 def test_valid_data_always_loads_with_its_values(generated):
     files, titles, ratings = generated
