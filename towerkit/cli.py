@@ -44,7 +44,9 @@ EPILOGS = {
   towerkit list recipes --json""",
     "recommend": """examples:
   towerkit recommend --model towerkit-runs/retrieval/model --user 42 -k 10
-  towerkit recommend --model towerkit-runs/retrieval/model --user 42 --exclude-seen --json""",
+  towerkit recommend --model towerkit-runs/retrieval/model --user 42 --exclude-seen --json
+  towerkit recommend --model runs/features/model --feature user_id=42 --feature timestamp=879024327
+  echo '[{"user_id": "42"}, {"user_id": "7"}]' | towerkit recommend --model MODEL --query-json -""",
     "similar": """examples:
   towerkit train item-to-item
   towerkit similar "Star Wars (1977)" -k 10""",
@@ -291,27 +293,65 @@ def _ranked(ids: Any, scores: Any, k: int, skip: bytes | None = None) -> list[di
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from towerkit.export_format import SEEN_FILE
-    from towerkit.serving import load_export
+    from towerkit.serving import cli_input, load_export
 
     export = load_export(args.model)
-    keys = export.query_feature_keys
-    if len(keys) != 1:
-        raise UserError(f"this model reads {', '.join(keys)}; --user only feeds a single-feature query tower.")
-    user = _query_id(args.user)
-    _warn_if_unknown(export, keys[0], user)
-    exclusions = None
+    specs = export.feature_specs
+    given = [name for name, value in (("--user", args.user), ("--feature", args.feature),
+                                      ("--query-json", args.query_json)) if value]
+    if len(given) != 1:
+        raise UserError(f"pass the query with one of --user, --feature KEY=VALUE or --query-json, "
+                        f"not {' and '.join(given) or 'none'}.")
+    if args.user is not None:
+        if len(specs) != 1:
+            raise UserError(f"this model reads {', '.join(specs)}; --user only feeds a single-feature query "
+                            "tower, so pass each feature with --feature KEY=VALUE (or use --query-json).")
+        _warn_if_unknown(export, next(iter(specs)), _query_id(args.user))
+        queries, exclusions = [{next(iter(specs)): _query_id(args.user)}], None
+    elif args.feature:
+        queries, exclusions = [cli_input.query_from_features(args.feature, specs)], None
+    else:
+        queries, exclusions = cli_input.split_exclusions(cli_input.queries_from_json(args.query_json))
     if args.exclude_seen:
-        seen = export.read_json(SEEN_FILE)
-        if not isinstance(seen, dict):
-            raise UserError(f"{args.model} has no usable {SEEN_FILE}, so --exclude-seen cannot know what was seen; re-export it.")
-        items = seen.get(user.decode("utf-8", "replace"), [])
-        if not isinstance(items, list):
-            raise UserError(f"{args.model}/{SEEN_FILE} is damaged (not lists of ids); export the model again.")
-        exclusions = [[str(item) for item in items]]
-    scores, ids = export.recommend({keys[0]: [user]}, exclusions)
-    _print_rows(_ranked(ids[0], scores[0], args.k), args.json)
+        exclusions = _seen_exclusions(args.model, export, queries, exclusions)
+    scores, ids = export.recommend(cli_input.columns(queries, specs), exclude=exclusions)
+    results = [_ranked(ids[n], scores[n], args.k) for n in range(len(queries))]
+    if args.query_json:
+        _print_query_results(queries, results, args.json)
+    else:
+        _print_rows(results[0], args.json)
     return 0
+
+
+def _seen_exclusions(model: str, export: Any, queries: list[dict[str, Any]], exclusions: Any) -> list[list[Any]]:
+    """Each query's training items (looked up by its first feature, the query id), plus its own exclusions."""
+    from towerkit.export_format import SEEN_FILE
+
+    seen = export.read_json(SEEN_FILE)
+    if not isinstance(seen, dict):
+        raise UserError(f"{model} has no usable {SEEN_FILE}, so --exclude-seen cannot know what was seen; re-export it.")
+    id_key = export.query_feature_keys[0]
+    result = []
+    for position, query in enumerate(queries):
+        query_id = query[id_key]
+        query_id = query_id.decode("utf-8", "replace") if isinstance(query_id, bytes) else str(query_id)
+        items = seen.get(query_id, [])
+        if not isinstance(items, list):
+            raise UserError(f"{model}/{SEEN_FILE} is damaged (not lists of ids); export the model again.")
+        own = list(exclusions[position]) if exclusions is not None and isinstance(exclusions[position], list) else []
+        result.append(own + [str(item) for item in items])
+    return result
+
+
+def _print_query_results(queries: list[dict[str, Any]], results: list[list[dict[str, Any]]], as_json: bool) -> None:
+    if as_json:
+        _print_json([{"query": n, "results": rows} for n, rows in enumerate(results)])
+        return
+    for n, (query, rows) in enumerate(zip(queries, results)):
+        shown = ", ".join(f"{k}={v.decode('utf-8', 'backslashreplace') if isinstance(v, bytes) else v}"
+                          for k, v in query.items())
+        print(f"query {n}: {shown}")
+        _print_rows(rows, False)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -394,7 +434,12 @@ def _configure_data(parser: argparse.ArgumentParser) -> None:
 
 def _configure_recommend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="export dir written by train")
-    parser.add_argument("--user", required=True, help="the query id (e.g. a user id)")
+    parser.add_argument("--user", help="the query id, for a query tower that reads one feature (e.g. a user id)")
+    parser.add_argument("--feature", action="append", metavar="KEY=VALUE",
+                        help="one query feature (repeatable), for any query tower; a list for a multi-valued "
+                             "feature, e.g. genres=[1,4]")
+    parser.add_argument("--query-json", metavar="FILE", help='several queries from a JSON file (- for stdin): one '
+                        'object per query, or a list of them, e.g. [{"user_id": "42", "exclude": ["item 7"]}]')
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     parser.add_argument("--exclude-seen", action="store_true", help="leave out the user's training items")
     parser.add_argument("--json", action="store_true")

@@ -5,21 +5,31 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from towerkit.errors import DataError, TowerkitError
 from towerkit.export_format import EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE
+from towerkit.serving.queries import (
+    FeatureSpec, QueryError, check_feature_names, check_requested_k, coerce_column, coerce_exclusions,
+)
 
 
 class LoadedExport:
-    """An export loaded for querying.
+    """An export loaded for querying, from Python or by ``towerkit serve``.
+
+    Example:
+        >>> export = towerkit.load_export("towerkit-runs/retrieval/model")
+        >>> export.query_specs
+        {'user_id': {'dtype': 'string', 'ragged': False}}
+        >>> scores, ids = export.recommend({"user_id": ["42", "7"]}, k=5, exclude=[["Heat (1995)"], []])
 
     Attributes:
         model: The loaded SavedModel object.
         metadata: The contents of towerkit.json.
+        path: The export directory.
     """
 
     def __init__(self, model: Any, metadata: dict[str, Any], path: str | os.PathLike = ".", index: Any = None):
@@ -29,33 +39,84 @@ class LoadedExport:
         self.signature = model.signatures["serving_default"]
         # Set for backends that save themselves: the SavedModel then only embeds queries.
         self.index = index
+        self._specs = {key: FeatureSpec.from_name(metadata.get("query_feature_dtypes", {}).get(key, "string"))
+                       for key in metadata["query_feature_keys"]}
 
     @property
     def query_feature_keys(self) -> list[str]:
         return list(self.metadata["query_feature_keys"])
 
-    def recommend(
-        self, features: dict[str, Sequence[str]], exclusions: Sequence[Sequence[str]] | None = None
-    ) -> tuple[Any, Any]:
-        """Returns (scores, ids) for a batch of raw query features.
+    @property
+    def query_specs(self) -> dict[str, dict[str, Any]]:
+        """Query feature -> ``{"dtype": ..., "ragged": ...}``: what :meth:`recommend` takes per query."""
+        return {key: spec.as_dict() for key, spec in self._specs.items()}
+
+    @property
+    def feature_specs(self) -> dict[str, FeatureSpec]:
+        """Query feature -> its :class:`FeatureSpec` (what :attr:`query_specs` shows as dicts)."""
+        return dict(self._specs)
+
+    @property
+    def k(self) -> int:
+        """How many results per query the export returns (its index's k): the most ``recommend`` gives."""
+        return int(self.metadata["index"].get("k", 10))
+
+    @property
+    def name(self) -> str:
+        """The recipe's name, as recorded at export time ("model" if none was)."""
+        return str(self.metadata.get("recipe") or "model")
+
+    def check_query(self, features: Mapping[str, Any], exclude: Any = None, k: int | None = None
+                    ) -> tuple[dict[str, list[Any]], list[list[bytes]] | None, int]:
+        """Checks a batch of queries without running the model: (columns, exclusions, k).
+
+        Raises:
+            QueryError: Naming the first missing or unknown feature, wrongly typed value, or bad k.
+        """
+        if not isinstance(features, Mapping):
+            raise QueryError(f"features must be a dict of feature -> one value per query, got "
+                             f"{type(features).__name__}.", "features")
+        check_feature_names(list(features), self._specs)
+        columns = {key: coerce_column(key, features[key], spec) for key, spec in self._specs.items()}
+        sizes = {len(column) for column in columns.values()}
+        if len(sizes) > 1 or 0 in sizes:
+            counts = ", ".join(f"{key}: {len(column)}" for key, column in columns.items())
+            raise QueryError(f"every feature needs one value per query, and at least one query; got {counts}.",
+                             next(iter(columns)))
+        batch = sizes.pop()
+        exclusions = None if exclude is None else coerce_exclusions(exclude, batch)
+        return columns, exclusions, check_requested_k(self.k if k is None else k, self.k)
+
+    def recommend(self, features: Mapping[str, Any], exclusions: Sequence[Sequence[str]] | None = None, *,
+                  k: int | None = None, exclude: Sequence[Sequence[str]] | None = None) -> tuple[Any, Any]:
+        """Top-k candidates for a batch of queries given as raw features.
 
         Args:
-            features: Query feature key -> one string per query.
-            exclusions: Per query, candidate ids to leave out (e.g. seen items).
+            features: Query feature -> one value per query (a list per query for a ragged feature);
+                see :attr:`query_specs`.
+            exclusions: The same as ``exclude`` (the older, positional name).
+            k: Results per query, from 1 to :attr:`k` (default: all of them).
+            exclude: Per query, candidate ids to leave out (e.g. items already seen). Where fewer
+                than k candidates remain, the last slots hold id ``b""`` and score ``-inf``.
+
+        Returns:
+            ``(scores, ids)``: NumPy arrays of shape ``[queries, k]``; ids are bytes.
+
+        Raises:
+            QueryError: A missing or unknown feature, a value of the wrong type, or k out of range.
         """
-        missing = [k for k in self.query_feature_keys if k not in features]
-        if missing:
-            raise TowerkitError(
-                f"this export needs query feature(s) {', '.join(missing)}; pass them "
-                f"(expected keys: {', '.join(self.query_feature_keys)})."
-            )
-        dtypes = self.metadata.get("query_feature_dtypes", {})
-        try:
-            inputs = {k: _as_input(features[k], dtypes.get(k, "string")) for k in self.query_feature_keys}
-        except (TypeError, ValueError) as exc:
-            raise TowerkitError(
-                f"query features do not match this export's inputs {dtypes or 'strings'} ({exc}); pass values of those types."
-            ) from exc
+        if exclusions is not None and exclude is not None:
+            raise QueryError("pass exclusions either positionally or as exclude=, not both.", "exclude")
+        columns, exclusions, k = self.check_query(features, exclude if exclude is not None else exclusions, k)
+        scores, ids = self.run(columns, exclusions)
+        return scores[:, :k], ids[:, :k]
+
+    def run(self, columns: Mapping[str, list[Any]], exclusions: list[list[bytes]] | None) -> tuple[Any, Any]:
+        """Runs the model on columns already checked by :meth:`check_query`: all k results per query."""
+        inputs = {key: _as_input(columns[key], self.metadata.get("query_feature_dtypes", {}).get(key, "string"))
+                  for key in self.query_feature_keys}
+        if exclusions is not None and not any(exclusions):
+            exclusions = None  # nothing to leave out: the plain signature is faster and gives the same
         if self.index is not None:
             embeddings = self.signature(**inputs)["embeddings"]
             if exclusions is None:
@@ -86,7 +147,7 @@ def _as_input(values: Sequence[Any], dtype_name: str) -> Any:
     return tf.constant(list(values), dtype=tf.as_dtype(dtype_name))
 
 
-def _padded(exclusions: Sequence[Sequence[str]]) -> tf.Tensor:
+def _padded(exclusions: Sequence[Sequence[Any]]) -> tf.Tensor:
     """Ragged per-query exclusion lists as one ``[batch, width]`` string tensor ("" never matches an id)."""
     width = max(1, max((len(row) for row in exclusions), default=1))
     return tf.constant([list(row) + [""] * (width - len(row)) for row in exclusions], tf.string)
