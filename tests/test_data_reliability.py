@@ -489,6 +489,14 @@ def test_damaged_data_is_exit_2_and_one_line_on_the_cli(case, tmp_path):
     assert f"{name} line {number} is malformed: {expected}" in one_line(result.stderr)
 
 
+@pytest.mark.parametrize("name", grouplens.GROUPLENS_FILES)
+def test_a_byte_order_mark_is_named_not_misread(name, tmp_path):
+    directory = write_grouplens(tmp_path / "data" / "ml-100k", num_users=20, num_movies=15, num_ratings=100)
+    (directory / name).write_bytes(b"\xef\xbb\xbf" + (directory / name).read_bytes())
+    with pytest.raises(DataError, match=f"{name} line 1 is malformed: it starts with a UTF-8 byte-order mark"):
+        towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path / "data"), source="files")
+
+
 @pytest.mark.parametrize("ending", ["\r\n", "no final newline"])
 def test_harmless_line_endings_still_load(ending, tmp_path):
     directory = write_grouplens(tmp_path / "data" / "ml-100k", num_users=20, num_movies=15, num_ratings=100)

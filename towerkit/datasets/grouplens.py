@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 from towerkit.errors import DataError
 
@@ -95,6 +96,9 @@ def read_lines(path: str | Path) -> tuple[list[str], str]:
         raise DamagedFileError(
             path, None, f"it cannot be read ({exc.strerror or exc})", "make it readable, or delete it and fetch again"
         ) from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise DamagedFileError(path, 1, "it starts with a UTF-8 byte-order mark, which GroupLens files never have",
+                               "save it without the mark, or delete it and fetch again")
     if path.name == "u.item":
         encoding = item_encoding(raw)
     else:
@@ -126,7 +130,7 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-def _check_lines(path: Path, lines: list[str], check) -> None:
+def _check_lines(path: Path, lines: list[str], check: Callable[[list[str], int], None]) -> None:
     """Runs ``check(fields, number)`` on each line, turning a problem into a DamagedFileError."""
     for number, line in enumerate(lines, start=1):
         try:
