@@ -467,3 +467,40 @@ def test_a_planted_category_column_is_learned_better_than_ids_alone():
                              "top_50")
     # Measured 0.83 with the category and 0.71 without (seed 0); seeds 1 and 2 give margins of 0.09 and 0.15.
     assert scores["with"] > scores["without"] + 0.05, scores
+
+
+def test_text_columns_keep_their_text_and_allow_stray_words(tmp_path):
+    path = _write(tmp_path / "e.csv", "user,item,zip\n1,a,02139\n2,b,10001\n3,a,K1A0B1\n")
+    data = _load(path, text_columns=["zip"])
+    assert data.interactions["zip"].tolist() == ["02139", "10001", "K1A0B1"]
+    with pytest.raises(DataError, match="'zip' mixes numbers and text"):
+        _load(path)
+
+
+def test_an_empty_feature_column_loads_as_one_empty_category(tmp_path):
+    data = _load(_write(tmp_path / "e.csv", "user,item,note\n1,a,\n2,b,\n1,b,\n"))
+    assert data.interactions["note"].tolist() == ["", "", ""]
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"text_columns": "zip"}, "text_columns must be a list"),
+    ({"query_id": ""}, "query_id must name a column"),
+    ({"query_id": "item"}, "two different columns"),
+    ({"split": "temporal"}, "needs timestamp"),
+    ({"split": "leave-last", "timestamp": "ts", "test_fraction": 0.1}, "does not apply"),
+    ({"test_fraction": 0.6, "validation_fraction": 0.4}, "must be below 1"),
+    ({"shuffle": "fast"}, "shuffle must be one of"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+])
+def test_bad_dataset_options_are_one_clear_config_error(tmp_path, options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        _load(_write(tmp_path / "e.csv", EVENTS), **options)
+
+
+def test_bad_tower_options_are_one_clear_config_error():
+    for options, fragment in (({"side": "both"}, "side must be"), ({"encoders": "genre"}, "encoders must be a table"),
+                              ({"columns": "user"}, "columns must be a non-empty list"),
+                              ({"encoders": {"genre": 3}}, "encoders.genre must be"),
+                              ({"layers": [8]}, "layers needs combine")):
+        with pytest.raises(ConfigError, match=fragment):
+            towerkit.create_tower("features", **options)

@@ -152,6 +152,8 @@ class InteractionsDataset(RetrievalDataset):
         if shuffle not in SHUFFLES:
             raise ConfigError(f"shuffle must be one of {', '.join(SHUFFLES)}, got {shuffle!r}.")
         split_options["shuffle"] = shuffle
+        if not isinstance(text_columns, (list, tuple)) or not all(isinstance(c, str) for c in text_columns):
+            raise ConfigError(f"text_columns must be a list of column names, got {text_columns!r}.")
         self.query_id_key, self.candidate_id_key, self.timestamp_key = query_id, candidate_id, timestamp
         self.time_columns: tuple[str, ...] = (timestamp,) if timestamp else ()
         self.split, self.seed = split, seed
@@ -188,8 +190,7 @@ class InteractionsDataset(RetrievalDataset):
         if source is None:
             return {id_key: np.unique(distinct_ids)}, ()
         table, shards, where = _load_table(source, [id_key, *text_columns], option)
-        tabular.require_columns(table, {f"{option} id column ({id_key!r}, from {_id_option(option)})": id_key},
-                                where)
+        tabular.require_columns(table, {_id_option(option): id_key}, where)
         if table.num_rows == 0:
             raise DataError(f"{where} has no rows; expected one row per {option[:-1]} id.")
         ids, id_codes = tabular.id_column(table.column(id_key), id_key, shards)
@@ -219,14 +220,7 @@ class InteractionsDataset(RetrievalDataset):
             kind = table.schema.field(name).type
             if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
                 self.time_columns += (name,)
-            values = tabular.feature_column(table.column(name), name)
-            row = None if name in text_columns else tabular.mixed_text_row(values)
-            if row is not None:
-                raise DataError(
-                    f"column {name!r} mixes numbers and text: {tabular.locate_row(row, shards)} has "
-                    f"{str(values[row])!r} where most values are numbers; fix the value, or list the column in "
-                    "text_columns if it is text.")
-            columns[name] = values
+            columns[name] = tabular.feature_column(table.column(name), name, shards, allow_mixed=name in text_columns)
         return columns
 
     # Views ------------------------------------------------------------------------------------

@@ -327,17 +327,28 @@ def _parse_times(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path
                     "is not a date-time; use seconds since the epoch or ISO 8601 (e.g. 2024-05-01T12:00:00).")
 
 
-def feature_column(column: pa.ChunkedArray, name: str) -> np.ndarray:
+def feature_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]] = (),
+                   allow_mixed: bool = False) -> np.ndarray:
     """A feature column as a NumPy array: strings, numbers, bools, seconds, or joined lists.
 
+    Args:
+        allow_mixed: Accept a text column whose values are mostly numbers (see :func:`mixed_text_row`).
+
     Raises:
-        DataError: The column's type has no NumPy form here (e.g. nested structs).
+        DataError: The column's type has no NumPy form here (e.g. nested structs),
+            or it mixes numbers and text.
     """
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return _strings_to_numpy(column)
+        values, codes = encode_strings(column)
+        row = None if allow_mixed else mixed_text_row(values, codes)
+        if row is not None:
+            raise DataError(
+                f"column {name!r} mixes numbers and text: {locate_row(row, shards)} has {str(values[codes[row]])!r} "
+                "where most values are numbers; fix the value, or list the column in text_columns if it is text.")
+        return values[codes]
     if pa.types.is_boolean(kind):
         return column.fill_null(False).to_numpy()
     if pa.types.is_integer(kind):
@@ -347,29 +358,35 @@ def feature_column(column: pa.ChunkedArray, name: str) -> np.ndarray:
     if pa.types.is_floating(kind):
         return column.to_numpy()
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return timestamp_column(column, name, ())
+        return timestamp_column(column, name, shards)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         joined = pc.binary_join(column.cast(pa.list_(pa.string())), LIST_SEPARATOR)
         return _strings_to_numpy(joined)
     if pa.types.is_null(kind):
-        raise DataError(f"column {name!r} holds no values at all; drop it or fill it in.")
+        # A column left empty throughout (e.g. an unused CSV column): one empty category.
+        return np.full(len(column), "", dtype="<U1")
     raise DataError(f"column {name!r} holds {kind} values, which towerkit cannot use as a feature; "
                     "drop it or flatten it into strings or numbers.")
 
 
-def mixed_text_row(values: np.ndarray) -> int | None:
+def mixed_text_row(values: np.ndarray, codes: np.ndarray) -> int | None:
     """For a text column whose values are mostly numbers, the first row that is not a number.
 
     A CSV column read in one block becomes text when any value is not a
     number; where most values are numbers that is usually a typo, not text.
+
+    Args:
+        values: The distinct values; codes: each row's index into them.
     """
-    if values.dtype.kind != "U" or len(values) == 0:
+    if len(codes) == 0:
         return None
-    distinct, inverse = np.unique(values, return_inverse=True)
-    numeric = np.array([_is_number(v) for v in distinct.tolist()])
-    if numeric.all() or numeric[inverse].mean() < 0.5:
+    numeric = np.array([_is_number(v) for v in values.tolist()])
+    if numeric.all():
         return None
-    return int(np.flatnonzero(~numeric[inverse])[0])
+    row_numeric = numeric[codes]
+    if row_numeric.mean() < 0.5:
+        return None
+    return int(np.flatnonzero(~row_numeric)[0])
 
 
 def _is_number(text: str) -> bool:

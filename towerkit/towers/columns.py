@@ -79,6 +79,9 @@ class FeaturesTower(Tower):
                 raise ConfigError("layers needs combine = 'concat' and at least one width, e.g. layers = [64, 32].")
         self.side, self.combine, self.layer_widths = side, combine, layers
         self.requested_columns = None if columns is None else list(columns)
+        if encoders is not None and not isinstance(encoders, Mapping):
+            raise ConfigError(f"encoders must be a table of column = encoder, got {encoders!r}; e.g. "
+                              "encoders = { genre = \"categorical\" }.")
         self.encoder_specs = {c: _encoder_spec(c, s) for c, s in dict(encoders or {}).items()}
         self.columns: list[str] | None = None
         self.encoders: dict[str, tf.keras.layers.Layer] = {}
