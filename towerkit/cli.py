@@ -50,6 +50,9 @@ EPILOGS = {
     "similar": """examples:
   towerkit train item-to-item
   towerkit similar "Star Wars (1977)" -k 10""",
+    "serve": """examples:
+  towerkit serve towerkit-runs/retrieval/model              # POST /v1/models/retrieval:predict on port 8501
+  curl -d '{"instances": [{"user_id": "42", "k": 5}]}' localhost:8501/v1/models/retrieval:predict""",
     "data": """examples:
   towerkit data fetch movielens-100k
   towerkit data info movielens-100k --json""",
@@ -371,6 +374,20 @@ def cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from towerkit.serving.http import serve
+
+    for value, option in ((args.port, "--port"), (args.max_body, "--max-body"), (args.workers, "--workers"),
+                          (args.max_batch, "--max-batch")):
+        low = 0 if option == "--port" else 1
+        if not low <= value <= (65535 if option == "--port" else 1 << 30):
+            raise UserError(f"{option} must be an integer from {low}{' to 65535' if option == '--port' else ' up'}, "
+                            f"got {value}.")
+    log = lambda message: print(message, flush=True)  # noqa: E731 - one line per event, seen at once
+    return serve(args.export_dir, host=args.host, port=args.port, name=args.name, max_body=args.max_body,
+                 workers=args.workers, max_batch=args.max_batch, log=log)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``towerkit: error:`` line (exit 2), like every other error."""
 
@@ -453,6 +470,20 @@ def _configure_similar(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("export_dir", metavar="EXPORT_DIR", help="export dir written by train or export")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8501, help="port (default %(default)s, as TF Serving's REST; "
+                        "0 picks a free one)")
+    parser.add_argument("--name", help="model name in /v1/models/NAME (default: the recipe's name)")
+    parser.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
+                        help="largest request body accepted (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="model calls run at once (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=64, metavar="N",
+                        help="most queued queries coalesced into one model call; 1 turns coalescing off "
+                             "(default %(default)s)")
+
+
 # name -> (help, configure the parser, run the command); a new command is one row here.
 def _configure_recipes(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=OneLineParser)
@@ -488,6 +519,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "data": ("Fetch a dataset or describe it.", _configure_data, cmd_data),
     "recommend": ("Recommend from an exported model.", _configure_recommend, cmd_recommend),
     "similar": ("Items like a given item, from an item-to-item export.", _configure_similar, cmd_similar),
+    "serve": ("Serve an export over HTTP with TensorFlow Serving's REST predict API.", _configure_serve, cmd_serve),
 }
 
 
