@@ -65,35 +65,35 @@ class InteractionsDataset(RetrievalDataset):
     """Interactions (query id, candidate id, optional time and features) read from files.
 
     Args:
-        path: The interactions: a file, a directory of shards, or a glob
-            (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``, optionally ``.gz``).
+        path: The interactions file, directory of shards, or glob (.csv/.tsv/.parquet/.jsonl, optionally .gz).
         query_id: The column naming the query (e.g. the user).
         candidate_id: The column naming the candidate (e.g. the item).
-        timestamp: The interaction time column: seconds since the epoch, or
-            ISO 8601 text. Needed by the ``temporal`` and ``leave-last`` splits.
-        candidates: A table with one row per candidate (its id in
-            ``candidate_id``) and feature columns. It is the candidate set, so
-            it must hold every candidate id of the interactions. Without it,
-            the candidate set is the distinct interaction candidate ids.
-        queries: A table with one row per query id (in ``query_id``) and feature columns.
-        split: ``"random"`` (the TFRS tutorial's seeded shuffle: with the same
-            row order and seed, exactly ``movielens-100k``'s rows),
-            ``"temporal"`` (the last ``test_fraction`` of the time span is
-            test) or ``"leave-last"`` (each query's last ``leave_last``
-            interactions by time are test, for queries with more than that).
-        test_fraction: Share of rows (random) or of the time span (temporal)
-            held out for test; 0.2 if not given. Not used by leave-last.
-        validation_fraction: Share carved from train for validation, never
-            from test: of all rows (random) or of the time span just before
-            the test period (temporal).
+        timestamp: The time column (epoch seconds or ISO 8601); needed by temporal and leave-last.
+        candidates: Optional table with one row per candidate id and its feature columns.
+            It is the candidate set, so it must hold every candidate id of the
+            interactions. Without it, the candidate set is the distinct
+            interaction candidate ids.
+        queries: Optional table with one row per query id and its feature columns.
+        split: How rows are split: random, temporal or leave-last.
+            ``"random"`` is the TFRS tutorial's seeded shuffle (with the same
+            row order and seed, exactly ``movielens-100k``'s rows);
+            ``"temporal"`` makes the last ``test_fraction`` of the time span
+            test; ``"leave-last"`` makes each query's last ``leave_last``
+            interactions by time test, for queries with more than that.
+        test_fraction: Share held out for test (0.2 if not given); not used by leave-last.
+            A share of rows (random) or of the time span (temporal).
+        validation_fraction: Share carved from train (never from test) for validation_rows.
+            A share of all rows (random) or of the time span just before the
+            test period (temporal).
         seed: Seeds the random split.
         leave_last: Interactions per query held out by ``leave-last``.
-        text_columns: Columns read as text however they look (CSV/TSV), e.g.
-            zip codes ``"02139"``; ids are always read as text.
-        shuffle: How ``random`` shuffles: ``"tutorial"`` exactly as the TFRS
-            tutorial (tf.data, the same rows as ``movielens-100k``; about 1 s
-            per million rows), ``"numpy"`` a seeded NumPy permutation (fast,
-            different rows), ``"auto"`` the first up to 1M rows, else the second.
+        text_columns: Columns read as text however they look (e.g. zip codes "02139").
+            Ids are always read as text.
+        shuffle: The random split's shuffle: auto, tutorial or numpy.
+            ``"tutorial"`` shuffles exactly as the TFRS tutorial (tf.data, the
+            same rows as ``movielens-100k``; about 1 s per million rows),
+            ``"numpy"`` uses a seeded NumPy permutation (fast, other rows),
+            ``"auto"`` the first up to 1M rows, else the second.
 
     Example:
         >>> data = towerkit.load_dataset("interactions", path="events.csv",

@@ -199,15 +199,17 @@ def features_tower(side: str | None = None, columns: Sequence[str] | None = None
     """Builds the generic tower: one encoder per column of its side (or of ``columns``).
 
     Args:
-        side: ``"query"`` (query id + the ``queries`` table's columns) or
-            ``"candidate"`` (candidate id + the ``candidates`` table's columns).
-        columns: Columns to read instead, id first.
-        encoders: Per column, an encoder name or ``{encoder = NAME, **options}``
-            (``id``, ``categorical``, ``multi``, ``numeric``, ``text``,
-            ``timestamp``, registered ones, or ``skip``).
-        embedding_dim: Output width.
-        combine: ``"sum"`` or ``"concat"`` (then projected through ``layers``).
-        layers: Dense widths after concatenation.
+        side: Which side's columns to read by default: "query" or "candidate".
+            ``"query"`` reads the query id plus the ``queries`` table's
+            columns, ``"candidate"`` the candidate id plus the ``candidates``
+            table's columns.
+        columns: The columns to read instead, id first.
+        encoders: Per column, an encoder name or a table {encoder = NAME, ...options}.
+            Names: ``id``, ``categorical``, ``multi``, ``numeric``, ``text``,
+            ``timestamp``, registered ones, or ``skip`` to leave a column out.
+        embedding_dim: Output width (and each encoder's).
+        combine: How encoder outputs are combined: "sum" or "concat" (then projected).
+        layers: Dense widths after concatenation (needs combine = "concat").
 
     Example:
         >>> tower = towerkit.create_tower("features", side="candidate", encoders={"genre": "categorical"})
