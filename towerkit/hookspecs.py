@@ -24,19 +24,19 @@ hookimpl = pluggy.HookimplMarker("towerkit")
 
 @hookspec
 def register_towers(register):
-    """Registers tower types (query or candidate encoders)."""
+    """Registers towers: factories of ``towerkit.Tower`` layers (see the tower contract in towerkit.towers.base)."""
 
 
 @hookspec
 def register_tasks(register):
-    """Registers tasks (losses plus metrics)."""
+    """Registers tasks (losses plus metrics), such as the built-in ``retrieval``."""
 
 
 @hookspec
 def register_indexes(register):
-    """Registers index backends for serving top-k retrieval."""
+    """Registers index backends for top-k retrieval (see the index contract in docs/plugins.md)."""
 
 
 @hookspec
 def register_datasets(register):
-    """Registers datasets."""
+    """Registers datasets: factories of ``towerkit.RetrievalDataset`` (see its docstring for the contract)."""

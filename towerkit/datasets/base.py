@@ -64,9 +64,22 @@ def to_tf_dataset(features: Mapping[str, Any]) -> tf.data.Dataset:
 class RetrievalDataset:
     """Interactions (query, candidate) plus the candidate set, split into train and test.
 
-    Subclasses fill ``interactions`` (column arrays, one row per interaction)
-    and ``candidate_features`` (column arrays, one row per candidate), and name
-    the query and candidate id keys.
+    The dataset contract (``towerkit.testing.check_dataset_contract`` checks
+    it; ``towerkit.assemble`` checks its cheap part): a subclass sets ``name``,
+    ``query_id_key`` and ``candidate_id_key`` (the defaults suit MovieLens
+    only), and calls this constructor with
+
+    * ``interactions``: a dict of NumPy column arrays, one row per
+      interaction, all the same length, holding every feature either tower
+      reads and both id keys;
+    * ``candidate_features``: a dict of NumPy column arrays, one row per
+      candidate (each id once), holding the candidate id key and every
+      feature the candidate tower reads; every test interaction's candidate
+      is among them;
+    * ``train_rows`` and ``test_rows``: disjoint, non-empty 1-D integer
+      arrays of row indices into ``interactions``.
+
+    Its constructor's keyword arguments are the recipe's ``[dataset]`` keys.
 
     Attributes:
         name: The registered name.
