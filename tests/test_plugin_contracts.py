@@ -300,3 +300,11 @@ def test_an_empty_test_run_does_not_import_tensorflow(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+def test_a_missing_feature_names_the_registered_tower(tiny, towerkit_plugin):
+    towerkit_plugin(_BagOfIds())
+    keyed = {k: v for k, v in tiny.interactions.items() if k != "user_id"}
+    data = towerkit.RetrievalDataset(keyed, tiny.candidate_features, tiny.train_rows, tiny.test_rows)
+    with pytest.raises(towerkit.FeatureError, match="query tower 'bag-of-ids' needs feature"):
+        towerkit.assemble(query={"name": "bag-of-ids"}, candidate={"name": "movie"}, data=data)

@@ -21,7 +21,7 @@ from towerkit.datasets.base import to_tf_dataset
 from towerkit.embedding import candidate_columns, embed_candidates
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.components import get_registry
-from towerkit.contracts import check_assembly
+from towerkit.contracts import check_assembly, component_label
 
 STYLES = ("tfrs", "train_step")
 
@@ -182,12 +182,12 @@ def assemble(
                 f"{type(tower).__name__}; register it as a tower or subclass towerkit.towers.base.Tower."
             )
     if data is not None:
-        data.check_features(query_tower.feature_keys, f"query tower '{query_tower.name}'")
-        data.check_features(candidate_tower.feature_keys, f"candidate tower '{candidate_tower.name}'")
+        data.check_features(query_tower.feature_keys, f"query tower '{component_label(query_tower)}'")
+        data.check_features(candidate_tower.feature_keys, f"candidate tower '{component_label(candidate_tower)}'")
         missing = [k for k in candidate_tower.feature_keys if k not in data.candidate_features]
         if missing:
             raise FeatureError(
-                f"candidate tower '{candidate_tower.name}' needs {', '.join(missing)}, which the "
+                f"candidate tower '{component_label(candidate_tower)}' needs {', '.join(missing)}, which the "
                 f"candidate set of '{data.name}' lacks; candidate keys: "
                 f"{', '.join(data.candidate_feature_keys)}."
             )
