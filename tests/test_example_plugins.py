@@ -4,8 +4,6 @@ import json
 
 import pytest
 
-import towerkit
-
 from conftest import recipe_text, run_cli
 
 pytest.importorskip("towerkit_hashing", reason="install examples/plugins/towerkit-hashing (make install does)")
