@@ -187,6 +187,8 @@ BAD_INPUTS = {
     "candidates id twice": (
         lambda d: (_write(d / "e.csv", EVENTS), _write(d / "items.csv", "item,genre\na,x\nb,y\nc,z\nb,w\n"))[0],
         {"candidates": "items.csv"}, DataError, ["holds id 'b' twice", "row 2", "row 4"]),
+    "ragged row": (lambda d: _write(d / "e.csv", "user,item\n1,a\n2,b,extra\n"), {}, DataError,
+                   ["cannot read", "e.csv", "Expected 2 columns, got 3"]),
     "glob matches nothing": (lambda d: d / "nothing-*.csv", {}, DataError, ["matches no"]),
     "no test rows": (lambda d: _write(d / "e.csv", "user,item,ts\n1,a,5\n2,b,5\n1,b,5\n"),
                      {"timestamp": "ts", "split": "temporal"}, DataError, ["leaves no test rows"]),
@@ -387,7 +389,7 @@ def test_the_starter_recipe_trains_as_it_is(tmp_path):
     events = _write(tmp_path / "events.csv", "user,item,ts\n" + "".join(
         f"{u},item {i},{1000 + n}\n" for n, (u, i) in enumerate(zip(users, items))))
     catalog = _write(tmp_path / "items.csv", "item,genre\n" + "".join(f"item {j},g{j // 4}\n" for j in range(24)))
-    text = starter_recipe(events, candidates=str(catalog))
+    text = starter_recipe(events, candidates=str(catalog), text_columns=["item"])
     recipe = _write(tmp_path / "my.toml", text)
     raw, origin = recipe_config.load_recipe(str(recipe))
     raw["train"]["epochs"] = 2

@@ -401,9 +401,9 @@ def from_any_table(value: Any, what: str) -> pa.Table:
     """An Arrow table from an Arrow table or a pandas DataFrame (pandas is not imported here)."""
     if isinstance(value, pa.Table):
         return value
-    if hasattr(value, "to_arrow") and not hasattr(value, "columns"):
+    if callable(getattr(value, "to_arrow", None)):  # e.g. polars
         return value.to_arrow()
-    if hasattr(value, "columns") and hasattr(value, "dtypes"):
+    if hasattr(value, "columns") and hasattr(value, "dtypes"):  # pandas
         try:
             return pa.Table.from_pandas(value, preserve_index=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
