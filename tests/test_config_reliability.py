@@ -336,6 +336,34 @@ def test_sigterm_while_waiting_for_peers_exits_promptly_with_one_line():
     assert stderr.strip().count("\n") == 0 and "SIGTERM" in stderr, stderr
 
 
+def test_peer_that_answers_but_never_joins_is_ended_at_the_timeout_with_one_message():
+    with socket.create_server(("127.0.0.1", 0)) as impostor:  # accepts TCP, speaks no TensorFlow
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "TF_CONFIG": cluster_config([closed_port(), impostor.getsockname()[1]])}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", STRATEGY_CODE.format(timeout=3)], capture_output=True,
+                                text=True, env=env, timeout=120, cwd=str(ROOT))
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert "did not all join within 3 s" in result.stderr.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60
+
+
+def test_sigterm_ends_a_multi_worker_process_after_setup_although_tensorflow_catches_it():
+    code = STRATEGY_CODE.format(timeout=60) + "print('ready', flush=True)\nimport time\ntime.sleep(120)\n"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": cluster_config([closed_port()])}
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, cwd=str(ROOT))
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGTERM
+
+
 # --- 6. export may change only the index --------------------------------------------------------
 
 @pytest.mark.parametrize("overrides", [["query_tower.layers=[16]"], ["dataset.seed=3"],

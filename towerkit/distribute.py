@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -39,7 +40,6 @@ DEFAULT_CLUSTER_TIMEOUT = 120.0
 PROBE_INTERVAL = 0.25
 # The shell's status for a process ended by SIGTERM.
 SIGTERM_STATUS = 128 + signal.SIGTERM
-SETUP_FAILED_STATUS = 2
 
 
 @dataclass(frozen=True)
@@ -232,12 +232,24 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable[[str], None] 
             time.sleep(PROBE_INTERVAL if pending else 0)
 
 
-def _give_up(timeout: float) -> None:
-    # The main thread is blocked inside TensorFlow and cannot raise, so end the process.
-    print(f"towerkit: error: the workers in TF_CONFIG did not all join within {timeout:g} s "
-          "(train.cluster_timeout); check that each runs towerkit with the same TF_CONFIG.",
-          file=sys.stderr, flush=True)
-    os._exit(SETUP_FAILED_STATUS)
+# Run in a separate process: while TensorFlow sets up the cluster it holds the GIL and
+# catches SIGTERM, so no thread of this process could act on a deadline.
+_WATCHDOG = """
+import os, select, signal, sys
+ready, _, _ = select.select([sys.stdin], [], [], float(sys.argv[1]))
+if not ready:
+    sys.stderr.write(sys.argv[3] + "\\n")
+    sys.stderr.flush()
+    os.kill(int(sys.argv[2]), signal.SIGKILL)
+"""
+
+
+def _start_watchdog(timeout: float) -> subprocess.Popen:
+    """A child process that ends this one after ``timeout`` seconds, unless its stdin closes first."""
+    message = (f"towerkit: error: the workers in TF_CONFIG did not all join within {timeout:g} s "
+               "(train.cluster_timeout); check that each runs towerkit with the same TF_CONFIG.")
+    return subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, repr(timeout), str(os.getpid()), message],
+                            stdin=subprocess.PIPE)
 
 
 def _multi_worker(timeout: float, log: Callable[[str], None] | None) -> "tf.distribute.Strategy":
@@ -245,13 +257,12 @@ def _multi_worker(timeout: float, log: Callable[[str], None] | None) -> "tf.dist
     import tensorflow as tf
 
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    watchdog = threading.Timer(timeout, _give_up, args=(timeout,))
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = _start_watchdog(timeout)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     finally:
-        watchdog.cancel()
+        watchdog.stdin.close()  # the watchdog exits at once when its stdin closes
+        watchdog.wait()
     if threading.current_thread() is threading.main_thread():
         # TensorFlow's preemption notifier swallows SIGTERM from here on; towerkit
         # does not use it, and a run must stop when asked (resume picks it up).
