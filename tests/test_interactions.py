@@ -369,6 +369,11 @@ def test_inspect_reports_schema_counts_duplicates_time_and_top_candidates(tmp_pa
     assert encoders == {"user_id": ("query id", "id"), "item": ("candidate id", "id"), "ts": ("timestamp", "timestamp"),
                         "device": ("interaction feature", "categorical"), "genre": ("candidate feature", "categorical")}
     json.dumps(report)
+    from towerkit.datasets.profile import format_report
+
+    text = format_report(report)
+    assert "41 interactions" in text and "guessed: query_id, candidate_id, timestamp" in text
+    assert "genre" in text and "duplicate rows 1 (kept)" in text and "i0 (9, 22.0%)" in text
 
 
 def test_inspect_says_which_option_to_pass_when_it_cannot_guess(tmp_path):

@@ -218,3 +218,32 @@ def starter_recipe(path: str | os.PathLike, **options: Any) -> str:
               f"every_epoch = {_toml(not big)}", "",
               "[export]", f"example_query = {_toml(report['most_active_query'])}", ""]
     return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The :func:`inspect` report as the text ``towerkit data inspect`` prints."""
+    guessed = f" (guessed: {', '.join(report['guessed'])})" if report["guessed"] else ""
+    files = report["files"]
+    lines = [f"{report['path']}: {len(files)} file{'s' if len(files) != 1 else ''}, {report['rows']:,} interactions",
+             f"  query_id = {report['query_id']!r}, candidate_id = {report['candidate_id']!r}, "
+             f"timestamp = {report.get('timestamp')!r}{guessed}", "",
+             f"  {'column':<24}{'role':<22}{'type':<10}{'distinct':>10}  encoder"]
+    for column in report["columns"]:
+        lines.append(f"  {column['name']:<24}{column['role']:<22}{column['type']:<10}{column['distinct']:>10,}  "
+                     f"{column['encoder']}")
+    per_query = report["interactions_per_query"]
+    lines += ["", f"  {report['queries']:,} queries, {report['candidates']:,} candidates "
+              f"({report['candidates_with_interactions']:,} with interactions), density {report['density']:.4%}",
+              f"  interactions per query: min {per_query['min']:,}, median {per_query['median']:g}, "
+              f"max {per_query['max']:,}",
+              f"  duplicate rows {report['duplicate_rows']:,} (kept); repeated (query, candidate) pairs "
+              f"{report['repeated_pairs']:,}"]
+    if report["time_range"]:
+        span = report["time_range"]
+        lines.append(f"  time range {span['first']} .. {span['last']} ({span['days']:,.1f} days)")
+    split = report["split"]
+    lines.append(f"  split {split['name']}: {split['train']:,} train / {split['validation']:,} validation / "
+                 f"{split['test']:,} test")
+    lines.append("  most frequent candidates: " + ", ".join(
+        f"{c['id']} ({c['count']:,}, {c['share']:.1%})" for c in report["top_candidates"]))
+    return "\n".join(lines)
