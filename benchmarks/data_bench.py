@@ -151,6 +151,8 @@ def report(paths: dict[str, Path], results: dict[str, list[dict]], args: argpars
             verdicts.append(("load + split >= 2M rows/s (Parquet, median)", statistics.median(speeds) >= 2e6))
         verdicts.append((f"peak RSS <= 3x column bytes ({fmt}, median)", statistics.median(ratios) <= 3))
     first = results["parquet"][0]
+    held_ratios = [(r["peak"] - r["baseline"]) / r["held"] for fmt in FORMATS for r in results[fmt]]
+    print(f"peak RSS above baseline vs the NumPy columns the dataset holds: {_spread(held_ratios, fmt='{:.2f}')}x")
     print(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as fixed-width text); "
           f"process baseline after imports {first['baseline'] / 2**20:,.0f} MiB; "
           f"split {first['train']:,} train / {first['test']:,} test, shuffle {args.shuffle}")

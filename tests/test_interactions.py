@@ -189,6 +189,9 @@ BAD_INPUTS = {
         {"candidates": "items.csv"}, DataError, ["holds id 'b' twice", "row 2", "row 4"]),
     "ragged row": (lambda d: _write(d / "e.csv", "user,item\n1,a\n2,b,extra\n"), {}, DataError,
                    ["cannot read", "e.csv", "Expected 2 columns, got 3"]),
+    "feature column clash": (
+        lambda d: (_write(d / "e.csv", EVENTS), _write(d / "items.csv", "item,user\na,x\nb,y\nc,z\n"))[0],
+        {"candidates": "items.csv"}, DataError, ["'user' of", "items.csv also exist"]),
     "glob matches nothing": (lambda d: d / "nothing-*.csv", {}, DataError, ["matches no"]),
     "no test rows": (lambda d: _write(d / "e.csv", "user,item,ts\n1,a,5\n2,b,5\n1,b,5\n"),
                      {"timestamp": "ts", "split": "temporal"}, DataError, ["leaves no test rows"]),

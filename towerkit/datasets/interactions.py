@@ -171,18 +171,21 @@ class InteractionsDataset(RetrievalDataset):
         own = [c for c in table.column_names if c not in (query_id, candidate_id, timestamp)]
         columns.update(self._feature_columns(table, own, shards, text_columns))
         self.interaction_feature_columns = tuple(own)
-        # The Arrow table goes before the id columns are spelled out in full, which lowers the peak memory.
+        # Everything that can work on id codes does so before the ids are spelled out as text,
+        # and the Arrow table goes first: that keeps the peak memory low.
         del table
         pa.default_memory_pool().release_unused()
-        interactions: Features = {query_id: query_ids[query_codes], candidate_id: candidate_ids[candidate_codes],
-                                  **columns}
-
         candidate_features, self.candidate_feature_columns = self._side_table(
-            candidates, "candidates", candidate_id, candidate_ids, candidate_codes, interactions, text_columns)
+            candidates, "candidates", candidate_id, candidate_ids, candidate_codes, columns, text_columns)
         self.query_features, self.query_feature_columns = self._side_table(
-            queries, "queries", query_id, query_ids, query_codes, interactions, text_columns)
+            queries, "queries", query_id, query_ids, query_codes, columns, text_columns)
         train_rows, test_rows, self.validation_rows = _split_rows(
-            split, len(query_codes), split_options, query_codes, interactions.get(timestamp) if timestamp else None)
+            split, len(query_codes), split_options, query_codes, columns.get(timestamp) if timestamp else None)
+        interactions: Features = {query_id: query_ids[query_codes]}
+        del query_codes
+        interactions[candidate_id] = candidate_ids[candidate_codes]
+        del candidate_codes
+        interactions.update(columns)
         super().__init__(interactions, candidate_features, train_rows, test_rows)
 
     def _side_table(self, source, option, id_key, distinct_ids, codes, interactions, text_columns):
@@ -203,7 +206,7 @@ class InteractionsDataset(RetrievalDataset):
                 f"{where} lacks {len(missing)} {id_key} value(s) that occur in the interactions (e.g. "
                 f"{', '.join(repr(str(m)) for m in missing[:3])}); give every {option[:-1]} a row there.")
         names = [c for c in table.column_names if c != id_key]
-        clashes = [c for c in names if c in interactions]
+        clashes = [c for c in names if c in interactions or c in (self.query_id_key, self.candidate_id_key)]
         if clashes:
             raise DataError(f"column(s) {', '.join(map(repr, clashes))} of {where} also exist elsewhere in the "
                             "data; rename them so that each feature column has one source.")
