@@ -133,3 +133,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path |
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "towerkit.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=str(cwd or ROOT))
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """Mounts a tmpfs of ``size`` at ``path``; False where this user may not mount (then the test skips)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A real, tiny file system (48 KiB tmpfs) that fills up: ENOSPC from the kernel, not a mock."""
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, "48k"):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)

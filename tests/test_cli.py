@@ -102,15 +102,6 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     assert result.returncode == 2 and str(bad) in result.stderr and "not valid TOML" in result.stderr
 
 
-def test_unwritable_output_dir(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(SYNTHETIC_RECIPE)
-    result = run_cli("train", str(recipe), "--output", str(blocker / "sub"))
-    assert result.returncode == 2 and "is not writable" in result.stderr
-
-
 def test_list_and_describe():
     result = run_cli("list", "indexes", "--json")
     assert result.returncode == 0

@@ -88,7 +88,7 @@ def _trained_index(data, name):
     model = towerkit.assemble(data=data)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
     model.fit(tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(1024), epochs=1, verbose=0)
-    from towerkit.pipeline import build_index
+    from towerkit.models import build_index
 
     return model, build_index(model, data, {"name": name, "k": 10})
 
@@ -144,7 +144,7 @@ def test_kill_during_export_leaves_previous_export_loadable(synthetic, tmp_path)
     save_export(index, target, query_feature_keys=["user_id"], metadata={"round": "first"})
     code = f"""
 import towerkit, tensorflow as tf, time
-from towerkit.pipeline import build_index
+from towerkit.models import build_index
 from towerkit.export import save_export
 data = towerkit.load_dataset("synthetic", num_users=200, num_items=80, num_interactions=6000, seed=3)
 model = towerkit.assemble(data=data)

@@ -315,3 +315,26 @@ def test_non_utf8_user_id_is_answered_from_the_oov_embedding(run_dir):
     assert result.returncode == 0, result.stderr
     assert b"unknown to this model" in result.stderr and len(json.loads(result.stdout)) == 10
 
+
+
+# --- A full disk at every stage -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", ["24k", "120k", "400k", "900k"])
+def test_a_disk_that_fills_up_during_training_is_one_clear_error_and_leaves_no_temporary_files(tmp_path, size):
+    """Sizes chosen so the disk fills during the config snapshot, checkpoints, the export or the reports."""
+    from conftest import mount_tmpfs
+
+    disk = tmp_path / "disk"
+    if not mount_tmpfs(disk, size):
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(RECIPE)
+        result = run_cli("train", str(recipe), "-o", str(disk / "run"))
+        if result.returncode != 0:
+            _one_error_line(result, "")
+            assert any(word in result.stderr for word in ("No space left", "space", "failed")), result.stderr
+        leftovers = [p.name for p in disk.rglob("*") if ".tmp-" in p.name or p.name.endswith(".tmp")]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

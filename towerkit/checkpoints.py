@@ -163,19 +163,21 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
             try:
                 self.manager.save(checkpoint_number=done, options=ASYNC)
             except (tf.errors.OpError, OSError) as exc:
-                raise CheckpointError(
-                    f"saving the checkpoint after epoch {done} to {self.manager.directory} failed "
-                    f"({getattr(exc, 'message', exc)}); free some disk space and resume with --resume."
-                ) from exc
+                raise self._failed(f"saving the checkpoint after epoch {done}", exc) from exc
 
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
             self.manager.checkpoint.sync()
         except (tf.errors.OpError, OSError) as exc:
-            raise CheckpointError(
-                f"writing the last checkpoint to {self.manager.directory} failed ({getattr(exc, 'message', exc)}); "
-                "free some disk space and resume with --resume."
-            ) from exc
+            raise self._failed("writing the last checkpoint", exc) from exc
+
+    def _failed(self, what: str, exc: BaseException) -> CheckpointError:
+        """One clear error for a failed save; TensorFlow's half-written ``*_temp`` directory is removed."""
+        for partial in Path(self.manager.directory).glob("ckpt-*_temp"):
+            shutil.rmtree(partial, ignore_errors=True)
+        return CheckpointError(f"{what} to {self.manager.directory} failed ({files.os_reason(exc)}); "
+                               "free some disk space and resume with `towerkit train --resume`.")
+
 
 
 def checkpointing(model: Any, output: Path, every: int, epochs: int, resume: bool, identity: dict[str, Any],

@@ -68,8 +68,7 @@ def save_export(
         try:
             _save_model(index, staging, specs)
         except (OSError, tf.errors.OpError) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
-            raise TowerkitError(f"writing the export to {target} failed ({reason}); "
+            raise TowerkitError(f"writing the export to {target} failed ({files.os_reason(exc)}); "
                                 "the previous export, if any, is unchanged.") from exc
         files.write_json(staging / METADATA_FILE, record)
         for name, data in (extra_files or {}).items():

@@ -47,6 +47,15 @@ def _describe_os_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def os_reason(exc: BaseException) -> str:
+    """The operating system's words for a failed write, without TensorFlow's op decoration."""
+    text = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+    for reason in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded"):
+        if reason in text:
+            return reason
+    return text.split(" [Op:")[0].rsplit("; ", 1)[-1]
+
+
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
