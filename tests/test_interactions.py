@@ -126,6 +126,10 @@ def test_validation_is_carved_from_train_never_from_test(tmp_path):
     assert len(with_validation.validation_rows) == 20
     assert set(with_validation.train_rows) | set(with_validation.validation_rows) == set(plain.train_rows)
     assert not set(with_validation.train_rows) & set(with_validation.validation_rows)
+    validation = with_validation.validation_features(["user"])["user"]
+    assert validation.tolist() == with_validation.interactions["user"][with_validation.validation_rows].tolist()
+    with pytest.raises(towerkit.FeatureError, match="'usr'"):
+        with_validation.validation_features(["usr"])
 
 
 def test_temporal_split_cuts_the_last_share_of_time(tmp_path):

@@ -229,6 +229,9 @@ class InteractionsDataset(RetrievalDataset):
     # Views ------------------------------------------------------------------------------------
     def validation_features(self, keys: Sequence[str] | None = None) -> Features:
         """The validation rows (carved from train) as column arrays."""
+        if keys is not None:
+            keys = list(dict.fromkeys(keys))
+            self.check_features(keys, "the request")
         columns = self.interactions if keys is None else {k: self.interactions[k] for k in keys}
         return {k: v[self.validation_rows] for k, v in columns.items()}
 
