@@ -14,7 +14,6 @@ from towerkit.errors import ConfigError, DataError
 from towerkit.export import save_export
 from towerkit.export_format import FORMAT_VERSION, METADATA_FILE
 from towerkit.serving import load_export
-from towerkit.indexes.scann_index import default_parameters
 
 from conftest import ROOT, run_python
 
@@ -50,10 +49,30 @@ def test_scann_agrees_with_brute_force(options):
     assert recall >= 0.9
 
 
-def test_scann_defaults_follow_candidate_count():
-    assert default_parameters(1_682) == {"brute_force": True}
-    large = default_parameters(1_000_000)
-    assert large["num_leaves"] == 1000 and not large["brute_force"]
+def _recall(index, candidates, ids, queries, k=10):
+    _, found = index(queries, k=k)
+    expected = ids[_exact_topk(queries, candidates, k)]
+    return np.mean([len(set(f) & set(e)) / k for f, e in zip(found.numpy().astype(str), expected)])
+
+
+@pytest.mark.parametrize("num", [1_682, 40_000])
+def test_scann_defaults_follow_the_candidate_count(num):
+    """Few candidates are scored exactly; many get a tree of about sqrt(N) leaves that still finds the top 10."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(64, 16))
+    candidates = (centres[rng.integers(0, 64, num)] + 0.3 * rng.normal(size=(num, 16))).astype(np.float32)
+    ids = np.array([f"c{i}" for i in range(num)])
+    index = towerkit.create_index("scann", k=10)
+    index.index(candidates, identifiers=ids)
+    queries = rng.normal(size=(100, 16)).astype(np.float32)
+    recall = _recall(index, candidates, ids, queries)
+    chosen = index.parameters()
+    if num < 20_000:
+        assert chosen["brute_force"] and recall == 1.0
+    else:
+        assert not chosen["brute_force"] and abs(chosen["num_leaves"] - num ** 0.5) <= 1
+        assert recall >= 0.9
+        assert chosen["num_leaves_to_search"] < chosen["num_leaves"]
 
 
 @pytest.mark.parametrize("name", ["brute-force", "scann"])
