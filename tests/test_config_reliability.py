@@ -445,6 +445,7 @@ HOSTILE_RECIPES = {
     "example_query is a table": ("export", "[export]\nexample_query = {a = 1}\n"),
     "pipeline-supplied option": ("task", '[task]\nname = "retrieval"\ncandidates = 1\n'),
     "quoted key, absolute name": (None, '[recipe]\n"name" = "/etc"\n'),
+    "integer of 5000 digits": ("train", "[train]\nepochs = " + "9" * 5000 + "\n"),
 }
 
 
@@ -461,7 +462,7 @@ HOSTILE_SETS = [
     "a.b.c=1", "=5", "train.=5", ".epochs=5", "train.epochs", "train.seed=4294967296", "train.epochs=5 # x\n",
     "recipe.name=../../x", "recipe.name=/abs/path", "recipe.name=..", "query_tower.name=", "query_tower.name=usr",
     "bogus.key=1", "train.bogus=1", "train.epochs=[1]", "train.epochs=-3", "optimizer.name=adamx",
-    "model.style=keras", "evaluate.ks=[1, -1]", "index.k=1e3", "train.strategy=gpu",
+    "model.style=keras", "evaluate.ks=[1, -1]", "index.k=1e3", "train.strategy=gpu", "train.epochs=" + "9" * 5000,
 ]
 
 
@@ -470,30 +471,86 @@ def test_hostile_set_is_one_line_towerkit_error(assignment):
     assert_one_line_error(resolve_text, recipe_text(), [assignment])
 
 
-SECTIONS = ["recipe", "dataset", "query_tower", "candidate_tower", "task", "model", "optimizer", "train",
-            "evaluate", "index", "export", "bogus"]
-KEYS = ["name", "epochs", "batch_size", "shuffle_buffer", "seed", "split_seed", "embedding_dim", "k", "ks",
-        "style", "learning_rate", "cluster_timeout", "strategy", "num_oov_buckets"]
+# Keys each section really has, so that many examples get past "unknown key" to the values.
+SECTION_KEYS = {
+    **{section: list(schema) for section, schema in recipe_config.FIXED_SECTIONS.items()},
+    "dataset": ["name", "seed", "num_users", "num_items", "num_interactions", "train_fraction", "genres"],
+    "query_tower": ["name", "embedding_dim", "l2", "num_oov_buckets", "layers", "demographics"],
+    "candidate_tower": ["name", "embedding_dim", "l2", "num_oov_buckets", "genres"],
+    "task": ["name", "temperature", "logq_correction"],
+    "index": ["name", "k"],
+}
 hostile_text = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
     ["../x", "/abs", ".", "..", "a\nb", "\x00", "user", "synthetic", "retrieval", "brute-force"])
 hostile_numbers = (st.integers(min_value=-(2**70), max_value=2**70)
                    | st.sampled_from([0, -1, 2**31 - 1, 2**32, 2**63 - 1, 2**20 + 1])
                    | st.floats(allow_nan=True, allow_infinity=True))
-leaves = st.one_of(st.booleans(), hostile_numbers, hostile_text)
-values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner,
-                                                                                         max_size=2), max_leaves=8)
+plausible = st.integers(1, 64) | st.sampled_from([0.1, 0.5, True, False, [1, 10], "adam", "tfrs", "default", "ok"])
+
+
+def nested(depth: int) -> list:
+    value: list = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+hostile_values = st.recursive(st.one_of(st.booleans(), hostile_numbers, hostile_text),
+                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner,
+                                                                                          max_size=2),
+                              max_leaves=8) | st.integers(1, 2000).map(nested)
+# Listed twice: st.one_of picks a branch uniformly, so plausible values come up half the time.
+values = st.one_of(plausible, plausible, hostile_values, hostile_values)
+set_values = st.one_of(plausible.map(repr), hostile_numbers.map(repr), st.text(max_size=15),
+                       st.integers(4000, 6000).map(lambda n: "9" * n),
+                       st.integers(1, 2000).map(lambda depth: "[" * depth + "1" + "]" * depth))
+
+
+def section_and_key(section: str):
+    # Mostly real keys; st.one_of picks a branch uniformly.
+    real = st.sampled_from(SECTION_KEYS[section])
+    return st.tuples(st.just(section), st.one_of(real, real, real, hostile_text))
+
+
+def valid_value(section: str, key: str):
+    """A value the key accepts (its default, or the tiny recipe's), so some examples resolve."""
+    schema = recipe_config.FIXED_SECTIONS.get(section, {})
+    if key in schema:
+        return st.just(schema[key][1])
+    if key in TINY_RECIPE.get(section, {}):
+        return st.just(TINY_RECIPE[section][key])
+    return plausible
+
+
+def toml_text(value) -> str:
+    """``value`` as the right-hand side of a --set, written the way config.toml writes it."""
+    return recipe_config.to_toml({"s": {"v": value}}).splitlines()[1][len("v = "):]
+
+
+def rarely(strategy):
+    """``strategy``'s value one time in five, else nothing."""
+    return st.one_of(*[st.just([])] * 4, strategy.map(lambda value: [value]))
+
+
+@st.composite
+def changes_and_sets(draw):
+    sections = st.sampled_from(sorted(SECTION_KEYS))
+    changes: dict = {}
+    pairs = draw(st.lists(sections.flatmap(section_and_key), max_size=5))
+    for section, key in pairs + draw(rarely(st.tuples(hostile_text, hostile_text))):
+        changes.setdefault(section, {})[key] = draw(st.one_of(valid_value(section, key), values))
+    sets = [f"{section}.{key}={draw(st.one_of(valid_value(section, key).map(toml_text), set_values))}"
+            for section, key in draw(st.lists(sections.flatmap(section_and_key), max_size=3))]
+    return changes, sets + draw(rarely(st.text(max_size=20)))
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS) | hostile_text, values,
-                                                                  max_size=3), max_size=4),
-       st.lists(st.tuples(st.sampled_from(SECTIONS) | hostile_text, st.sampled_from(KEYS) | hostile_text,
-                          st.text(max_size=15) | hostile_numbers.map(repr)), max_size=3))
-def test_any_hostile_recipe_and_set_raise_only_one_line_towerkit_errors(changes, sets):
-    raw = {name: dict(values) for name, values in TINY_RECIPE.items()}
+@given(changes_and_sets())
+def test_any_hostile_recipe_and_set_raise_only_one_line_towerkit_errors(case):
+    changes, overrides = case
+    raw = {name: dict(section) for name, section in TINY_RECIPE.items()}
     for section, updates in changes.items():
         raw.setdefault(section, {}).update(updates)
-    overrides = [f"{section}.{key}={value}" for section, key, value in sets]
     try:
         config = recipe_config.resolve(recipe_config.apply_overrides(raw, overrides), "fuzz")
     except TowerkitError as exc:

@@ -99,6 +99,8 @@ def read_toml(text: str, origin: str) -> dict[str, Any]:
         raise ConfigError(f"{origin} is not valid TOML ({exc}); fix the syntax and run again.") from exc
     except RecursionError as exc:
         raise _too_deep(origin) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{origin} holds a value TOML cannot read ({str(exc)[:80]}); fix it and run again.") from exc
     check_nesting(raw, origin)
     return raw
 
@@ -173,6 +175,8 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
         value = raw
     except RecursionError as exc:
         raise _too_deep(f"--set {_show(assignment)}") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"--set {_show(assignment)} has a value TOML cannot read ({str(exc)[:80]}).") from exc
     check_nesting(value, f"--set {_show(assignment)}")
     return keys, value
 
