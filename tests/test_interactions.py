@@ -518,3 +518,22 @@ def test_bad_tower_options_are_one_clear_config_error():
                               ({"layers": [8]}, "layers needs combine")):
         with pytest.raises(ConfigError, match=fragment):
             towerkit.create_tower("features", **options)
+
+
+# --- The plugin contracts hold for the built-ins ------------------------------------------------
+
+
+def test_the_interactions_dataset_meets_the_dataset_contract(with_tables):
+    from towerkit.testing import check_dataset_contract
+
+    check_dataset_contract(with_tables)
+
+
+@pytest.mark.parametrize("side, combine", [("query", "sum"), ("candidate", "concat")])
+def test_the_features_tower_meets_the_tower_contract(with_tables, tmp_path, side, combine):
+    from towerkit.testing import check_tower_contract
+
+    tower = towerkit.create_tower("features", side=side, combine=combine)
+    tower.adapt(with_tables.adapt_features())
+    table = with_tables.query_features if side == "query" else with_tables.candidate_features
+    check_tower_contract(tower, {k: table[k].tolist() for k in tower.feature_keys}, tmp_path)
