@@ -537,3 +537,20 @@ def test_the_features_tower_meets_the_tower_contract(with_tables, tmp_path, side
     tower.adapt(with_tables.adapt_features())
     table = with_tables.query_features if side == "query" else with_tables.candidate_features
     check_tower_contract(tower, {k: table[k].tolist() for k in tower.feature_keys}, tmp_path)
+
+
+def test_list_columns_become_multi_valued_features(tmp_path):
+    events = _write(tmp_path / "e.csv", EVENTS)
+    pq.write_table(pa.table({"item": ["a", "b", "c"], "tags": [["x", "y"], ["y"], []]}), tmp_path / "items.parquet")
+    data = _load(events, candidates=str(tmp_path / "items.parquet"))
+    tower = towerkit.create_tower("features", side="candidate", embedding_dim=4, encoders={"item": "skip"})
+    tower.adapt(data.adapt_features())
+    assert _encoder_names(tower) == {"tags": "multi"} and tower.encoders["tags"].vocabulary == ["x", "y"]
+    out = tower({"tags": data.candidate_features["tags"]}).numpy()
+    encoder = tower.encoders["tags"]
+    import tensorflow as tf
+
+    single = encoder(tf.constant(["x", "y"])).numpy()
+    np.testing.assert_allclose(out[0], single.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(out[1], single[1], rtol=1e-5)
+    assert np.allclose(out[2], 0.0)

@@ -84,11 +84,14 @@ class FeaturesTower(Tower):
                               "encoders = { genre = \"categorical\" }.")
         self.encoder_specs = {c: _encoder_spec(c, s) for c, s in dict(encoders or {}).items()}
         self.columns: list[str] | None = None
+        # The column the default "id" encoder goes to: the side's id, or the first of `columns`.
+        self.id_column: str | None = None
         self.encoders: dict[str, tf.keras.layers.Layer] = {}
         self.projection = None
         if state:
             self._restore(state)
         elif self.requested_columns is not None:
+            self.id_column = self.requested_columns[0]
             self.columns = self._with_extra(self.requested_columns)
 
     # Columns ----------------------------------------------------------------------------------
@@ -106,7 +109,11 @@ class FeaturesTower(Tower):
         """
         if self.columns is None:
             self.side = self.side or role
-            self.columns = self._with_extra(self._side_columns(data))
+            self._use_side_columns(data)
+
+    def _use_side_columns(self, source: Any) -> None:
+        defaults = self._side_columns(source)
+        self.id_column, self.columns = defaults[0], self._with_extra(defaults)
 
     def _side_columns(self, source: Any) -> list[str]:
         if self.side is None:
@@ -139,18 +146,17 @@ class FeaturesTower(Tower):
         if self.encoders:
             return
         if self.columns is None:
-            self.columns = self._with_extra(self._side_columns(features))
+            self._use_side_columns(features)
         missing = [c for c in self.columns if c not in features]
         if missing:
             raise FeatureError(f"tower '{self.name}' reads column(s) {', '.join(map(repr, missing))}, which the data "
                                f"does not have; columns: {', '.join(sorted(features))}.")
-        id_column = self.columns[0]
         times = set(getattr(features, "time_columns", ()))
         for column in self.columns:
             values = features[column]
             name, options = self.encoder_specs.get(column, (None, {}))
             if name is None:
-                name = "id" if column == id_column else "timestamp" if column in times else infer_encoder(values)
+                name = "id" if column == self.id_column else "timestamp" if column in times else infer_encoder(values)
             encoder = create_encoder(name, column, self.embedding_dim, **options)
             encoder.check(values)
             encoder.adapt(values)
