@@ -342,3 +342,16 @@ def test_clash_loser_resolves_by_qualified_name_and_its_broken_shapes_are_one_cl
     narrow = messages["towerkit-test-clash-b:bag-of-ids{'mistake': 'narrow'}"]
     assert narrow.startswith("ContractError: query tower 'bag-of-ids' returns shape [3, 8]") and "[3, 32]" in narrow
     assert "bag_of_ids_tower" not in extra_axis + narrow and "\n" not in extra_axis + narrow
+
+
+class _SameAsBuiltin:
+    @towerkit.hookimpl
+    def register_towers(self, register):
+        register("user", "towerkit.towers.user:user_tower")  # the very factory towerkit registers
+
+
+def test_identical_registration_by_another_plugin_is_harmless():
+    info = plugins.register_plugin(_SameAsBuiltin(), name="same-as-builtin")
+    assert info.status == "loaded" and info.components == []
+    plugins.unregister_plugin("same-as-builtin")
+    assert towerkit.get_registry("towers").get("user").source == "towerkit"

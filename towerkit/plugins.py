@@ -185,7 +185,8 @@ def _make_register(kind: str, info: PluginInfo) -> Callable[..., Entry]:
                 PluginWarning,
                 stacklevel=2,
             )
-        if entry not in info.components:
+        # An identical registration by another distribution returns that one's entry: not ours to roll back.
+        if entry.source == info.name and entry not in info.components:
             info.components.append(entry)
         return entry
 
