@@ -554,3 +554,28 @@ def test_list_columns_become_multi_valued_features(tmp_path):
     np.testing.assert_allclose(out[0], single.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(out[1], single[1], rtol=1e-5)
     assert np.allclose(out[2], 0.0)
+
+
+def test_any_small_file_loads_or_is_one_towerkit_error(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    directory = tmp_path_factory.mktemp("fuzz")
+    cell = st.one_of(st.text(alphabet="ab1 2.-:TZ,\"\n\\|;", max_size=6), st.integers(-5, 10**12).map(str))
+    rows = st.lists(st.lists(cell, min_size=1, max_size=4).map(",".join), max_size=8)
+    options = st.fixed_dictionaries({}, optional={"timestamp": st.just("ts"),
+                                                  "split": st.sampled_from(["random", "temporal", "leave-last"]),
+                                                  "validation_fraction": st.sampled_from([0.0, 0.1, 0.5])})
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(header=st.sampled_from(["user,item,ts,x", "user,item", "user,ts"]), lines=rows, raw=st.binary(max_size=16),
+           options=options, as_bytes=st.booleans())
+    def load(header, lines, raw, options, as_bytes):
+        path = directory / "e.csv"
+        path.write_bytes(header.encode() + b"\n" + (raw if as_bytes else "\n".join(lines).encode()))
+        try:
+            _load(path, **options)
+        except towerkit.TowerkitError as error:
+            assert "\n" not in str(error)
+
+    load()

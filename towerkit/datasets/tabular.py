@@ -355,11 +355,11 @@ def feature_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Pa
         if column.null_count:
             return column.cast(pa.float64()).to_numpy()
         return column.to_numpy().astype(np.int64)
-    if pa.types.is_floating(kind):
-        return column.to_numpy()
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64()).to_numpy() if pa.types.is_decimal(kind) else column.to_numpy()
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return timestamp_column(column, name, shards)
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         joined = pc.binary_join(column.cast(pa.list_(pa.string())), LIST_SEPARATOR)
         return _strings_to_numpy(joined)
     if pa.types.is_null(kind):
