@@ -6,11 +6,13 @@ import math
 import uuid
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from towerkit.errors import ConfigError
 from towerkit.indexes.base import ValidatedIndex, check_k
+from towerkit.indexes.recall_tuning import REORDER_GRID
 from towerkit.towers.base import check_positive_int
 
 # Below this many candidates ScaNN's own guidance is to score them all exactly.
@@ -36,6 +38,18 @@ def default_parameters(num_candidates: int) -> dict[str, Any]:
     }
 
 
+def _check_target_recall(target: Any, requested: dict[str, Any]) -> float | None:
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ConfigError(f"target_recall must be a number in (0, 1], got {target!r}; e.g. target_recall = 0.95.")
+    fixed = [key for key in ("num_leaves_to_search", "num_reordering_candidates") if requested[key] is not None]
+    if fixed:
+        raise ConfigError(f"target_recall chooses {' and '.join(fixed)} itself; set either target_recall or "
+                          f"{', '.join(fixed)}, not both.")
+    return float(target)
+
+
 class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
     """ScaNN index whose unset parameters follow ScaNN's guidance for the candidate count.
 
@@ -47,6 +61,11 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         num_reordering_candidates: Candidates rescored exactly at the end; default 500.
         dimensions_per_block: Asymmetric-hashing block size; default 2.
         brute_force: Score every candidate (exactly, in ScaNN); default below 20k candidates.
+        target_recall: Tune ``num_leaves_to_search`` and ``num_reordering_candidates`` at build
+            time to the cheapest pair whose recall@k against exact search reaches this (e.g.
+            0.95), measured on a sample of real queries (see :meth:`tune_with`); the reached
+            recall and the choice are recorded in :meth:`parameters`.
+        tuning_sample: How many queries the tuning measures recall on (default 1,000).
         name: Layer name.
 
     Example:
@@ -64,6 +83,8 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         num_reordering_candidates: int | None = None,
         dimensions_per_block: int | None = None,
         brute_force: bool | None = None,
+        target_recall: float | None = None,
+        tuning_sample: int = 1000,
         name: str | None = None,
     ):
         check_k(k, None, "scann")
@@ -83,6 +104,30 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
             )
         self._brute_force = brute_force
         self._chosen: dict[str, Any] = {}
+        self._target_recall = _check_target_recall(target_recall, self._requested)
+        check_positive_int(tuning_sample, "tuning_sample")
+        self._tuning_sample = tuning_sample
+        self._tuning_queries: Any = None
+        # Search-time overrides of the built searcher, set once tuning has chosen them.
+        self._search_overrides: dict[str, int] = {}
+
+    @property
+    def wants_tuning_queries(self) -> bool:
+        """True when a target recall is set: the build should pass real queries to :meth:`tune_with`."""
+        return self._target_recall is not None
+
+    def tune_with(self, queries: Any) -> None:
+        """Gives the queries that tuning to ``target_recall`` measures recall on; call before ``index``.
+
+        Args:
+            queries: Raw query features (a dict of columns, as the query model takes them: e.g. the
+                training queries) or ``[n, dim]`` query embeddings. At most ``tuning_sample`` of
+                them are used, drawn at random. Without them, a sample of the candidates stands in.
+        """
+        from towerkit.indexes.recall_tuning import sample_queries
+
+        # Embedded now, as a NumPy array: Keras would wrap a dict attribute for tracking.
+        self._tuning_queries = sample_queries(queries, self.query_model, self._tuning_sample)
 
     def _choose(self, num_candidates: int) -> dict[str, Any]:
         chosen = default_parameters(num_candidates)
@@ -115,7 +160,47 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
 
     def _prepare(self) -> None:
         self._chosen = self._choose(self.num_candidates)
+        self._search_overrides = {}
+        if self._target_recall is not None and not self._chosen["brute_force"]:
+            # Build once with the most generous search; tuning then narrows it at search time.
+            self._chosen["num_leaves_to_search"] = self._chosen["num_leaves"]
+            self._chosen["num_reordering_candidates"] = max(REORDER_GRID[-1], self._k)
         self._build_searcher = self._make_searcher
+
+    def index(self, candidates, identifiers=None):
+        """Indexes the candidates; with a target recall, then tunes the search to reach it."""
+        result = super().index(candidates, identifiers)
+        if self._target_recall is not None:
+            if self._chosen["brute_force"]:
+                self._chosen.update(target_recall=self._target_recall, reached_recall=1.0)
+            else:
+                self._tune(tf.convert_to_tensor(candidates, tf.float32).numpy())
+        return result
+
+    def _tune(self, candidates: np.ndarray) -> None:
+        from scann.scann_ops.py import scann_ops
+
+        from towerkit.indexes.recall_tuning import aimed_recall, choose_search, exact_top_k
+
+        queries = self._tuning_queries
+        if queries is None:  # no real queries given: a sample of the candidates stands in
+            queries = sample_queries(candidates, None, self._tuning_sample)
+        self._tuning_queries = None
+        exact = exact_top_k(queries, candidates, self._k)
+        searcher = scann_ops.searcher_from_module(self._serialized_searcher)
+        query_tensor = tf.constant(queries)
+
+        def found(leaves: int, reorder: int) -> np.ndarray:
+            result = searcher.search_batched_parallel(query_tensor, final_num_neighbors=self._k,
+                                                      pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)
+            return result.indices.numpy()
+
+        aim = aimed_recall(self._target_recall, len(queries), self._k)
+        choice = choose_search(found, exact, aim, self._chosen["num_leaves"],
+                               self.num_candidates, self._k)
+        self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
+                                  "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
+        self._chosen.update(choice, target_recall=self._target_recall, tuning_queries=len(queries))
 
     def _is_empty(self) -> bool:
         return self._serialized_searcher is None
@@ -125,10 +210,10 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
 
         searcher = scann_ops.searcher_from_module(self._serialized_searcher)
         if queries.shape.rank == 1:
-            result = searcher.search(queries, final_num_neighbors=k)
+            result = searcher.search(queries, final_num_neighbors=k, **self._search_overrides)
             indices, distances = result.index, result.distance
         else:
-            result = searcher.search_batched_parallel(queries, final_num_neighbors=k)
+            result = searcher.search_batched_parallel(queries, final_num_neighbors=k, **self._search_overrides)
             indices, distances = result.indices, result.distances
         if self._identifiers is None:
             return distances, indices
