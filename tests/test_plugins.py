@@ -1,6 +1,7 @@
 """Plugins installed with pip (real entry points), loaded in fresh interpreters."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -355,3 +356,22 @@ def test_identical_registration_by_another_plugin_is_harmless():
     assert info.status == "loaded" and info.components == []
     plugins.unregister_plugin("same-as-builtin")
     assert towerkit.get_registry("towers").get("user").source == "towerkit"
+
+
+def test_unknown_name_mentions_plugins_that_are_installed_but_not_loaded(plugin_site):
+    env = {"PYTHONPATH": str(plugin_site), "TOWERKIT_PLUGINS": "towerkit-test-broken"}
+    plain = run_cli("describe", "towers", "hashed-id", env=env)
+    assert plain.returncode == 2
+    error = plain.stderr.strip().splitlines()[-1]  # after the broken plugin's warnings
+    assert error.startswith("towerkit: error: unknown tower 'hashed-id'")
+    blocked = re.search(r"\(Installed plugins not loaded, blocked by TOWERKIT_PLUGINS: ([^;]*); failed to load: "
+                        r"towerkit-test-broken \(see `towerkit plugins`\)\.\)$", error)
+    assert blocked and "towerkit-test-hashing" in blocked.group(1).split(", ")
+    qualified = run_cli("describe", "towers", "towerkit-test-hashing:hashed-id",
+                        env={**env, "TOWERKIT_PLUGINS": ""})
+    assert qualified.returncode == 2
+    [line] = qualified.stderr.strip().splitlines()
+    assert line.startswith("towerkit: error: unknown tower 'towerkit-test-hashing:hashed-id'; registered towers: ")
+    assert line.endswith(". (the towerkit-test-hashing plugin is installed but blocked by TOWERKIT_PLUGINS=''; add it "
+                         "(TOWERKIT_PLUGINS=towerkit-test-hashing) or unset TOWERKIT_PLUGINS to load every installed "
+                         "plugin.)")

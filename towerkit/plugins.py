@@ -29,7 +29,7 @@ import pluggy
 
 from towerkit import builtins, hookspecs
 from towerkit.errors import DuplicateComponentError, TowerkitError
-from towerkit.registry import BUILTIN_SOURCE, KINDS, REGISTRIES, Entry
+from towerkit.registry import BUILTIN_SOURCE, KINDS, REGISTRIES, UNKNOWN_NAME_HINTS, Entry
 
 ENTRY_POINT_GROUP = "towerkit"
 ALLOW_ENV = "TOWERKIT_PLUGINS"
@@ -97,6 +97,25 @@ def missing_distribution_advice(dist: str) -> str:
     if info is not None and info.status == "failed":
         return f"the {dist} plugin is installed but failed to load ({info.error}); reinstall or upgrade it"
     return f"the {dist} distribution is not installed; `pip install {dist}`"
+
+
+def _unloaded_plugins_hint(name: str) -> str:
+    """For an unknown name: which installed plugins are not loaded (blocked or failed), and why."""
+    source, qualified, _ = name.partition(":")
+    unloaded = [p for p in _plugins.values() if p.status in ("blocked", "failed")]
+    if qualified:
+        unloaded = [p for p in unloaded if _normalise(p.name) == _normalise(source)]
+        if unloaded:
+            return f"({missing_distribution_advice(unloaded[0].name)}.)"
+        return ""
+    blocked = sorted(p.name for p in unloaded if p.status == "blocked")
+    failed = sorted(p.name for p in unloaded if p.status == "failed")
+    parts = ([f"blocked by {ALLOW_ENV}: {', '.join(blocked)}"] if blocked else []) + \
+            ([f"failed to load: {', '.join(failed)} (see `towerkit plugins`)"] if failed else [])
+    return f"(Installed plugins not loaded, {'; '.join(parts)}.)" if parts else ""
+
+
+UNKNOWN_NAME_HINTS.append(_unloaded_plugins_hint)
 
 
 def component_label(entry: Entry) -> str:

@@ -37,6 +37,11 @@ KINDS = {
 }
 
 
+# Callbacks that add advice to an unknown-name error (towerkit.plugins adds why some plugins are
+# not loaded); callbacks rather than an import, so that this module depends on no plugin loading.
+UNKNOWN_NAME_HINTS: list[Callable[[str], str]] = []
+
+
 def _article(noun: str) -> str:
     return "an" if noun[0] in "aeiou" else "a"
 
@@ -275,9 +280,10 @@ class Registry:
                 )
         close = difflib.get_close_matches(name, self.names(include_aliases=True), n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        extra = "".join(f" {advice}" for advice in (h(name) for h in UNKNOWN_NAME_HINTS) if advice)
         return (
             f"unknown {self.noun} '{name}'; {hint}registered {self.kind}: "
-            f"{', '.join(self.names()) or '(none)'}."
+            f"{', '.join(self.names()) or '(none)'}.{extra}"
         )
 
     def names(self, include_aliases: bool = False) -> list[str]:
