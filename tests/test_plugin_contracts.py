@@ -88,6 +88,19 @@ def test_tower_contract_needs_feature_keys(tmp_path):
         check_tower_contract(Keyless(), FEATURES, tmp_path)
 
 
+def test_tower_contract_needs_a_complete_config(tmp_path):
+    class Forgetful(BagOfIdsTower):
+        def __init__(self, feature, **kwargs):
+            super().__init__(**kwargs)
+            self.feature = feature
+
+        def get_config(self):  # forgets "feature"
+            return super().get_config()
+
+    with pytest.raises(ContractError, match="cannot be rebuilt with from_config.*must record every constructor"):
+        check_tower_contract(Forgetful("user_id", embedding_dim=4), FEATURES, tmp_path)
+
+
 # The probe in assemble ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():

@@ -89,8 +89,12 @@ def check_tower_contract(tower: Any, features: Mapping[str, Sequence[Any]], dire
     check_tower_output(tower, output, len(next(iter(features.values()))))
     expected = output.numpy()
 
-    clone = type(tower).from_config(tower.get_config())
-    clone(inputs)
+    try:
+        clone = type(tower).from_config(tower.get_config())
+        clone(inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the config is incomplete
+        raise ContractError(f"tower '{label}' cannot be rebuilt with from_config(get_config()) ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())}); get_config must record every constructor argument.") from exc
     clone.set_weights(tower.get_weights())
     if not np.allclose(clone(inputs).numpy(), expected, atol=atol):
         raise ContractError(f"tower '{label}': from_config(get_config()) with the same weights gives different "
