@@ -8,8 +8,16 @@ Plugins are installed distributions that declare an entry point in the
 
 ``TOWERKIT_PLUGINS`` is an allow-list of distribution names: unset loads every
 installed plugin, empty loads none, ``a,b`` loads only those two. Built-ins
-always load. A plugin that fails to import or raises in a hook is skipped with
-a warning; whatever it had registered is rolled back, and the rest keep working.
+always load. A plugin that fails to import, raises in a hook (any
+BaseException: even ``sys.exit`` or a KeyboardInterrupt it raises itself, but
+not the user's real Ctrl-C) or has an invalid hook is skipped with a warning;
+whatever it had registered is rolled back, it is unregistered from pluggy, and
+the rest keep working. Plugin code runs with stdout sent to stderr, so that a
+plugin's prints cannot corrupt ``--json`` output.
+
+When two distributions register one name, the one that loads first keeps it
+and the other's component stays reachable as ``distribution:name``
+(``TOWERKIT_STRICT_PLUGINS=1`` makes a clash an error).
 """
 
 from __future__ import annotations
