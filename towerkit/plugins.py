@@ -99,6 +99,11 @@ def blocked_advice(dist: str) -> str:
 def missing_distribution_advice(dist: str) -> str:
     """Why components of a distribution are unavailable, and what to do: blocked, failed, or not installed."""
     load_plugins()
+    return _advice(dist)
+
+
+def _advice(dist: str) -> str:
+    # No load_plugins() here: this also runs while plugins load (an unknown name raised in a hook).
     info = next((p for p in _plugins.values() if _normalise(p.name) == _normalise(dist)), None)
     if info is not None and info.status == "blocked":
         return f"the {dist} plugin is installed but {blocked_advice(dist)}"
@@ -114,7 +119,7 @@ def _unloaded_plugins_hint(name: str) -> str:
     if qualified:
         unloaded = [p for p in unloaded if _normalise(p.name) == _normalise(source)]
         if unloaded:
-            return f"({missing_distribution_advice(unloaded[0].name)}.)"
+            return f"({_advice(unloaded[0].name)}.)"
         return ""
     blocked = sorted(p.name for p in unloaded if p.status == "blocked")
     failed = sorted(p.name for p in unloaded if p.status == "failed")
