@@ -308,7 +308,8 @@ def test_plugin_prints_do_not_reach_stdout(third_party_site):
     listing = run_cli("list", "towers", "--json", env=env)
     assert listing.returncode == 0, listing.stderr
     assert "noisy-id" in {row["name"] for row in json.loads(listing.stdout)}
-    assert "noisy plugin imported" in listing.stderr and "noisy hook ran" in listing.stderr
+    assert "noisy plugin imported" in listing.stderr and "noisy hook ran after" in listing.stderr
+    assert "PluginWarning" not in listing.stderr
     described = run_cli("describe", "towers", "noisy-id", env=env)  # imports the plugin's lazy tower module
     assert described.returncode == 0, described.stderr
     assert json.loads(described.stdout)["options"]["embedding_dim"]["default"] == 8
@@ -375,3 +376,18 @@ def test_unknown_name_mentions_plugins_that_are_installed_but_not_loaded(plugin_
     assert line.endswith(". (the towerkit-test-hashing plugin is installed but blocked by TOWERKIT_PLUGINS=''; add it "
                          "(TOWERKIT_PLUGINS=towerkit-test-hashing) or unset TOWERKIT_PLUGINS to load every installed "
                          "plugin.)")
+
+
+class _LooksUpWhileLoading:
+    @towerkit.hookimpl
+    def register_towers(self, register):
+        register("looked-up", "towerkit.towers.user:user_tower")
+        assert "user" in towerkit.list_towers()  # a registry lookup from inside a hook
+
+
+def test_a_hook_may_look_up_registries():
+    info = plugins.register_plugin(_LooksUpWhileLoading(), name="looks-up")
+    try:
+        assert info.status == "loaded" and "looked-up" in towerkit.list_towers()
+    finally:
+        plugins.unregister_plugin("looks-up")

@@ -69,6 +69,7 @@ class PluginInfo:
 
 _lock = threading.RLock()
 _loaded = False
+_loading = False
 _manager: pluggy.PluginManager | None = None
 _plugins: dict[str, PluginInfo] = {}
 
@@ -308,26 +309,38 @@ def _load_entry_point(ep: metadata.EntryPoint, manager: pluggy.PluginManager, al
 
 def load_plugins() -> None:
     """Loads the built-ins and the allowed installed plugins, once."""
-    global _loaded, _manager
+    global _loaded, _loading, _manager
     if _loaded:
         return
     with _lock:
-        if _loaded:
+        # A plugin that looks a registry up while plugins load sees what has loaded so far,
+        # rather than starting the loading again inside itself.
+        if _loaded or _loading:
             return
-        manager = pluggy.PluginManager("towerkit")
-        manager.add_hookspecs(hookspecs)
-        _manager = manager
-        builtin_info = PluginInfo(BUILTIN_SOURCE, _own_version())
-        _plugins[BUILTIN_SOURCE] = builtin_info
-        with _InterruptWatch() as watch:
-            _add_plugin(builtins, BUILTIN_SOURCE, builtin_info, manager, watch)
-            allowed = allowed_plugins()
-            for ep in _entry_points():
-                _load_entry_point(ep, manager, allowed, watch)
-        for info in _plugins.values():
-            if info.status == "failed":  # a distribution with one bad entry point registers nothing
-                _rollback(info)
+        _loading = True
+        try:
+            _load_all()
+        finally:
+            _loading = False
         _loaded = True
+
+
+def _load_all() -> None:
+    """Registers the built-ins, then each allowed installed plugin in sorted distribution order."""
+    global _manager
+    manager = pluggy.PluginManager("towerkit")
+    manager.add_hookspecs(hookspecs)
+    _manager = manager
+    builtin_info = PluginInfo(BUILTIN_SOURCE, _own_version())
+    _plugins[BUILTIN_SOURCE] = builtin_info
+    with _InterruptWatch() as watch:
+        _add_plugin(builtins, BUILTIN_SOURCE, builtin_info, manager, watch)
+        allowed = allowed_plugins()
+        for ep in _entry_points():
+            _load_entry_point(ep, manager, allowed, watch)
+    for info in _plugins.values():
+        if info.status == "failed":  # a distribution with one bad entry point registers nothing
+            _rollback(info)
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> PluginInfo:
