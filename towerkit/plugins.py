@@ -304,6 +304,8 @@ def _load_entry_point(ep: metadata.EntryPoint, manager: pluggy.PluginManager, al
             raise
         _fail(info, f"{ep.name}: {_describe(exc)}", "failed to import", "reinstall or uninstall it.")
         return
+    if manager.is_registered(plugin):  # a second entry point naming the same module: loaded already
+        return
     _add_plugin(plugin, f"{dist}:{ep.name}", info, manager, watch)
 
 
