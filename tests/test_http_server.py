@@ -242,3 +242,16 @@ def test_serve_refuses_a_bad_export_or_name_in_one_line(export_dir, tmp_path):
                         ([str(export_dir), "--port", "70000"], "--port must be an integer")):
         result = run_cli("serve", *args, timeout=120)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr
+
+
+def test_single_feature_models_take_bare_values_as_tf_serving_does():
+    from towerkit.serving.http import RequestError, inputs_to_columns, instances_to_columns
+
+    columns, exclude, ks = instances_to_columns(["42", {"user_id": "7", "k": 2, "exclude": ["a"]}], ["user_id"], 10, 100)
+    assert columns == {"user_id": ["42", "7"]} and exclude == [[], ["a"]] and ks == [10, 2]
+    columns, exclude, k = inputs_to_columns(["42", "7"], ["user_id"], 10, 100)
+    assert columns == {"user_id": ["42", "7"]} and exclude is None and k == 10
+    with pytest.raises(RequestError, match=r"instances\[0\] must be an object of features \(user_id, timestamp\)"):
+        instances_to_columns(["42"], ["user_id", "timestamp"], 10, 100)
+    with pytest.raises(RequestError, match="more than the 100"):
+        instances_to_columns(["42"] * 101, ["user_id"], 10, 100)
