@@ -135,6 +135,13 @@ def test_columnar_format_answers_outputs(server, export):
         _assert_same(answer["outputs"]["ids"][n], answer["outputs"]["scores"][n], expected)
 
 
+def test_odd_strings_get_the_out_of_vocabulary_answer(server, export):
+    bodies = [{"instances": [{"user_id": user, "timestamp": TIME}]} for user in ("\ud800", "", "no such user")]
+    answers = [call(f"{server.base}/served:predict", body) for body in bodies]
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert answers[0][1] == answers[1][1] == answers[2][1]
+
+
 def test_a_version_path_and_the_signature_name_are_accepted(server, export):
     body = {"signature_name": "serving_default", "instances": [{"user_id": "user 7", "timestamp": TIME}]}
     status, answer = call(f"{server.base}/served/versions/1:predict", body)
@@ -162,6 +169,8 @@ BAD_REQUESTS = {
     "uneven columns": ({"inputs": {"user_id": ["a", "b"], "timestamp": [TIME]}}, None, 400, "one value per query"),
     "other signature": ({"signature_name": "x", "instances": [GOOD]}, None, 400, "signature_name"),
     "too large": (None, json.dumps({"instances": [GOOD] * 5000}).encode(), 413, "--max-body"),
+    "nested too deeply": (None, b"[" * 100_000 + b"]" * 100_000, 400, "nests JSON too deeply"),
+    "not UTF-8": (None, b'{"instances": [{"user_id": "\xff"}]}', 400, "not valid JSON"),
 }
 
 

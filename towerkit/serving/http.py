@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import json
+import math
 import os
 import re
 import signal
@@ -130,6 +131,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     """The request JSON object, or a 400 that says what is wrong with it."""
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "the request body nests JSON too deeply; send "
+                                '{"instances": [...]} or {"inputs": {...}}.') from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"the request body is not valid JSON ({exc}); send "
                                 '{"instances": [...]} or {"inputs": {...}}.') from None
@@ -208,7 +212,7 @@ def inputs_to_columns(inputs: Any, keys: list[str], most: int, max_instances: in
 
 def _unpadded(scores: Any, ids: Any, k: int) -> tuple[list[str], list[float]]:
     """One query's top k as JSON-ready lists, without the empty slots left where exclusions emptied them."""
-    kept = [(i, float(s)) for i, s in zip(ids[:k].tolist(), scores[:k].tolist()) if i != b""]
+    kept = [(i, float(s)) for i, s in zip(ids[:k].tolist(), scores[:k].tolist()) if i != b"" and math.isfinite(s)]
     return ([i.decode("utf-8", "backslashreplace") if isinstance(i, bytes) else i for i, _ in kept],
             [s for _, s in kept])
 

@@ -65,7 +65,7 @@ class FeatureSpec:
             value = value.item()  # NumPy scalars, as data columns hold them, become plain Python values
         if kind == "string":
             if isinstance(value, str):
-                return value.encode("utf-8", "surrogateescape")
+                return as_bytes(value)
             return bytes(value) if isinstance(value, bytes) else None
         if isinstance(value, bool):
             return value if kind == "bool" else None
@@ -77,6 +77,15 @@ class FeatureSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "ragged": self.ragged}
+
+
+def as_bytes(text: str) -> bytes:
+    """A string as the model's bytes: UTF-8, with bytes the shell could not decode restored, and
+    lone surrogates (which JSON can spell) kept rather than refused."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 ELEMENT_WORDS = {"string": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -149,7 +158,7 @@ def coerce_exclusions(exclude: Any, batch: int) -> list[list[bytes]]:
         row = []
         for item in ids:
             if isinstance(item, str):
-                row.append(item.encode("utf-8", "surrogateescape"))
+                row.append(as_bytes(item))
             elif isinstance(item, bytes):
                 row.append(item)
             else:
