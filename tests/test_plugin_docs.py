@@ -1,6 +1,7 @@
 """docs/plugins.md and docs/recipes.md say what is true: the plugin they build, from their text alone, works."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def shop(tmp_path_factory):
 def test_the_documented_plugin_passes_its_documented_contract_tests(shop):
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_shop.py"],
                             cwd=shop / "towerkit-shop", capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "PYTHONPATH": str(shop / "site"),
+                            env={**os.environ, "PYTHONPATH": str(shop / "site"),
                                  "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
@@ -78,7 +79,7 @@ def test_the_documented_recipe_trains_exports_and_serves(shop):
     in_code = next(text for lang, text in code_blocks(PLUGINS_DOC) if "towerkit.load_export(" in text)
     script = "import towerkit, tensorflow as tf\n" + in_code + "\nprint(ids.shape)\n"
     ran = subprocess.run([sys.executable, "-c", script], cwd=shop, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, **env})
+                         env={**os.environ, **env})
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().splitlines()[-1] == "(1, 5)"
 

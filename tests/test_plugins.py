@@ -1,6 +1,7 @@
 """Plugins installed with pip (real entry points), loaded in fresh interpreters."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -287,7 +288,7 @@ def test_plugins_that_exit_or_interrupt_are_isolated(third_party_site):
 
 def test_a_real_ctrl_c_while_loading_plugins_still_interrupts(third_party_site):
     code = "import towerkit\ntowerkit.list_towers()\nprint('finished')"
-    env = {**__import__("os").environ, "PYTHONPATH": str(third_party_site), "TOWERKIT_TEST_SLOW_IMPORT": "1",
+    env = {**os.environ, "PYTHONPATH": str(third_party_site), "TOWERKIT_TEST_SLOW_IMPORT": "1",
            "TOWERKIT_PLUGINS": "towerkit-test-hostile", "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env, cwd=str(ROOT))
