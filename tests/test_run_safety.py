@@ -338,3 +338,16 @@ def test_a_disk_that_fills_up_during_training_is_one_clear_error_and_leaves_no_t
         assert leftovers == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("assignment, fragment", [
+    ("query_tower.embedding_dim=1000000000", "embedding_dim"),
+    ('dataset.name="no-such-dataset"', "unknown dataset"),
+    ("dataset.num_interactions=1", "test"),
+])
+def test_a_recipe_that_fails_before_training_writes_nothing(tmp_path, assignment, fragment):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE)
+    result = run_cli("train", str(recipe), "-o", str(tmp_path / "run"), "--set", assignment)
+    _one_error_line(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]

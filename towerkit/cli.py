@@ -96,7 +96,8 @@ def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     raw = recipe_config.apply_overrides(raw, overrides)
     resolved = recipe_config.resolve(raw, origin + (" with --set" if overrides else ""))
     if not resolved["recipe"]["name"]:
-        resolved["recipe"]["name"] = os.path.splitext(os.path.basename(args.recipe))[0]
+        name = os.path.splitext(os.path.basename(args.recipe))[0]
+        resolved["recipe"]["name"] = recipe_config.check_recipe_name(name, f"the name of recipe file {args.recipe}")
     return resolved, args.output or os.path.join("towerkit-runs", resolved["recipe"]["name"])
 
 

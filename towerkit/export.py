@@ -189,11 +189,17 @@ def export_metadata(config: Mapping[str, Any], model: Any, data: Any, metrics: M
 
 
 def example_query_features(data: Any, keys: Sequence[str], query_id: str) -> dict[str, list[Any]]:
-    """One query's raw features: from its first interaction, or just its id if it has none."""
+    """One query's raw features, from its first interaction.
+
+    An id the data does not have is fed as it is to a tower that reads only the
+    id (it gets the out-of-vocabulary answer); a tower that reads more features
+    gets the first training query's, since the id alone cannot fill them.
+    """
     rows = np.flatnonzero(data.interactions[data.query_id_key] == query_id)
-    if len(rows):
-        return {key: [data.interactions[key][rows[0]]] for key in keys}
-    return {key: [query_id] for key in keys}
+    if not len(rows) and list(keys) == [data.query_id_key]:
+        return {key: [query_id] for key in keys}
+    row = rows[0] if len(rows) else data.train_rows[0]
+    return {key: [data.interactions[key][row]] for key in keys}
 
 
 def export_model(index: Any, target: str | os.PathLike, config: Mapping[str, Any], model: Any, data: Any,

@@ -19,11 +19,11 @@ import tensorflow_recommenders as tfrs
 
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.embedding import candidate_columns, embed_candidates
+from towerkit.config import OPTIMIZERS, STYLES
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.components import get_registry
 from towerkit.contracts import check_assembly, component_label
 
-STYLES = ("tfrs", "train_step")
 
 
 class _TwoTower:
@@ -209,19 +209,12 @@ def assemble(
 
 
 def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-    """A Keras optimizer by recipe name (``adagrad``, ``adam``, ...)."""
-    classes = {
-        "adagrad": tf.keras.optimizers.Adagrad,
-        "adam": tf.keras.optimizers.Adam,
-        "adamw": tf.keras.optimizers.AdamW,
-        "sgd": tf.keras.optimizers.SGD,
-        "rmsprop": tf.keras.optimizers.RMSprop,
-        "ftrl": tf.keras.optimizers.Ftrl,
-    }
+    """A Keras optimizer by recipe name (``adagrad``, ``adam``, ...; see ``towerkit.config.OPTIMIZERS``)."""
     try:
-        return classes[name.lower()](learning_rate=learning_rate)
+        class_name = OPTIMIZERS[name.lower()]
     except KeyError:
-        raise ConfigError(f"unknown optimizer '{name}'; choose one of {', '.join(classes)}.") from None
+        raise ConfigError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}.") from None
+    return getattr(tf.keras.optimizers, class_name)(learning_rate=learning_rate)
 
 
 def build_model(config: Mapping[str, Any], data: Any) -> tf.keras.Model:
@@ -242,6 +235,9 @@ def build_index(model: Any, data: Any, section: Mapping[str, Any]) -> Any:
     """Indexes every candidate of ``data`` under its id, with the model's query tower in front."""
     options = {key: value for key, value in section.items() if key != "name"}
     index = get_registry("indexes").create(section["name"], query_model=model.query_tower, **options)
+    if getattr(index, "wants_tuning_queries", False):
+        # An index tuned to a recall target (scann's target_recall) measures it on the training queries.
+        index.tune_with({key: data.interactions[key][data.train_rows] for key in model.query_tower.feature_keys})
     embeddings = embed_candidates(model.candidate_tower, data)
     index.index(embeddings, identifiers=tf.constant(data.candidate_ids.astype(str)))
     return index

@@ -15,6 +15,7 @@ import csv
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -31,7 +32,7 @@ from towerkit.export import example_query_features, export_model
 from towerkit.indexes.base import check_k
 from towerkit.models import build_index, build_model
 from towerkit.report import EpochEvaluation, write_markdown, write_png
-from towerkit.runs import RunContext, RunOptions, prepare_run_dir
+from towerkit.runs import RunContext, RunOptions, check_run_dir, prepare_run_dir
 from towerkit.serving import load_export
 
 HISTORY_FILE = "history.csv"
@@ -96,7 +97,8 @@ def stage_build(ctx: RunContext) -> None:
         ctx.model = build_model(ctx.config, ctx.data)
     if ctx.strategy.num_replicas_in_sync > 1 or ctx.config["train"]["strategy"] != "default":
         devices = ", ".join(ctx.strategy.extended.worker_devices)
-        ctx.log(f"  {ctx.config['train']['strategy']} strategy: {ctx.strategy.num_replicas_in_sync} replica(s) "
+        replicas = ctx.strategy.num_replicas_in_sync
+        ctx.log(f"  {ctx.config['train']['strategy']} strategy: {replicas} replica{'s' * (replicas != 1)} "
                 f"on {devices}; global batch {ctx.config['train']['batch_size']}")
 
 
@@ -228,11 +230,20 @@ STAGES: tuple[tuple[str, Stage], ...] = (
 CHIEF_ONLY = {"evaluate", "index", "export", "report"}
 
 
-def _prepare(ctx: RunContext) -> None:
-    """Checks ownership and checkpoint identity, then snapshots the config (the chief only)."""
+def _claim_output(ctx: RunContext) -> None:
+    """Creates (or adopts) the run directory, then checks checkpoint identity and snapshots the config.
+
+    Runs after the data loaded and the model built, so a bad recipe or dataset writes nothing.
+    Only the chief writes the shared directory; other workers keep their checkpoints apart.
+    """
     if not ctx.chief:
-        # Other workers keep their checkpoints apart and write no reports.
         ctx.output = prepare_run_dir(ctx.output / f".worker-{worker_id(ctx.strategy)}")
+        return
+    ctx.output = prepare_run_dir(ctx.output)
+
+
+def _snapshot_config(ctx: RunContext) -> None:
+    if not ctx.chief:
         return
     try:
         check_identity(ctx.output, ctx.config, ctx.options.resume)
@@ -242,6 +253,15 @@ def _prepare(ctx: RunContext) -> None:
         ctx.log(f"moved the old checkpoints aside to {set_aside(ctx.output)}")
     # Written before training, so `train --resume` can rebuild exactly this run after a kill.
     files.write_file(ctx.output / "config.toml", recipe_config.to_toml(ctx.config))
+
+
+def _run_stage(ctx: RunContext, name: str, stage: Stage) -> None:
+    if ctx.chief or name not in CHIEF_ONLY:
+        tick = time.perf_counter()
+        stage(ctx)
+        ctx.timings.setdefault(f"{name}_seconds", time.perf_counter() - tick)
+    if name == "load":
+        ctx.metrics["dataset"] = ctx.data.describe()
 
 
 def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Callable[[str], None] = print,
@@ -265,20 +285,22 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Callable[
     """
     options = RunOptions(log=log, verbose=verbose, resume=resume, force=force,
                          checkpoint_every=checkpoint_every, tensorboard=tensorboard)
-    strategy = make_strategy(config["train"]["strategy"])
-    ctx = RunContext(config=config, output=prepare_run_dir(output_dir), options=options,
+    train = config["train"]
+    strategy = make_strategy(train["strategy"], train["cluster_timeout"], log=log)
+    ctx = RunContext(config=config, output=Path(output_dir), options=options,
                      strategy=strategy, chief=is_chief(strategy))
+    if ctx.chief:
+        check_run_dir(output_dir)  # before any work, so a wrong --output costs nothing
     ctx.metrics.update(recipe=config["recipe"]["name"])
+    for name, stage in STAGES[:2]:  # load and build write nothing
+        _run_stage(ctx, name, stage)
+    _claim_output(ctx)
     with files.run_lock(ctx.output):
-        _prepare(ctx)
-        for name, stage in STAGES:
-            if ctx.chief or name not in CHIEF_ONLY:
-                tick = time.perf_counter()
-                stage(ctx)
-                ctx.timings.setdefault(f"{name}_seconds", time.perf_counter() - tick)
-            if name == "load":
-                ctx.metrics["dataset"] = ctx.data.describe()
+        _snapshot_config(ctx)
+        for name, stage in STAGES[2:]:
+            _run_stage(ctx, name, stage)
     if not ctx.chief:
+        ctx.metrics["timing"] = {**ctx.timings, "total_seconds": time.perf_counter() - ctx.started}
         log("training done; the chief worker writes the reports and the export")
     return ctx
 

@@ -92,29 +92,56 @@ def _is_legacy_run(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.json").is_file())
 
 
-def prepare_run_dir(path: str | os.PathLike) -> Path:
-    """Creates (or adopts) a run directory, refusing one that holds anything towerkit did not write.
+def _is_towerkit_entry(path: Path) -> bool:
+    """towerkit's own marker, lock and their temporary files, or another worker's directory.
+
+    (A worker creates ``.worker-N`` inside the chief's directory, possibly while the chief checks it.)
+    """
+    return path.name.startswith(files.MARKER) or (path.name.startswith(".worker-") and path.is_dir())
+
+
+def check_run_dir(path: str | os.PathLike) -> None:
+    """Refuses, without writing anything, an output path that holds what towerkit did not create.
 
     Raises:
-        OwnershipError: ``path`` is a file, or a non-empty directory that is not a towerkit run.
-        TowerkitError: It cannot be created or written.
+        OwnershipError: ``path`` is a file, a towerkit directory of another kind, or a
+            non-empty directory that is not a towerkit run.
     """
     output = Path(path)
     if output.exists() and not output.is_dir():
         raise files.OwnershipError(f"{output} is a file, not a run directory; pass a directory as --output.")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        contents = [p.name for p in output.iterdir() if p.name != files.LOCK_FILE]
-    except OSError as exc:
-        raise TowerkitError(f"output dir {output} is not writable ({exc.strerror or exc}); pass a writable --output.") from exc
+    if not output.is_dir():
+        return
     kind = files.marker_kind(output)
     if kind not in (None, RUN_KIND):
         raise files.OwnershipError(f"{output} is a towerkit {kind} directory, not a run; pass another --output.")
+    try:
+        contents = [p.name for p in output.iterdir() if not _is_towerkit_entry(p)]
+    except OSError as exc:
+        raise TowerkitError(f"output dir {output} is not readable ({exc.strerror or exc}); pass another --output.") from exc
     if kind is None and contents and not _is_legacy_run(output):
         raise files.OwnershipError(
             f"{output} already holds files that towerkit did not write; pass a new or empty --output."
         )
-    files.mark(output, RUN_KIND)
+
+
+def prepare_run_dir(path: str | os.PathLike) -> Path:
+    """Creates (or adopts) a run directory after :func:`check_run_dir`, and marks it as towerkit's.
+
+    Raises:
+        OwnershipError: As :func:`check_run_dir`.
+        TowerkitError: It cannot be created or written.
+    """
+    output = Path(path)
+    check_run_dir(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TowerkitError(f"output dir {output} is not writable ({exc.strerror or exc}); pass a writable --output.") from exc
+    try:
+        files.mark(output, RUN_KIND)
+    except TowerkitError as exc:
+        raise TowerkitError(f"output dir {output} is not writable; pass a writable --output.") from exc
     return output
 
 
