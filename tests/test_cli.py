@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import recipe_text, run_cli
@@ -172,3 +173,23 @@ def test_scann_export_without_scann_says_what_to_install(trained, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert "pip install scann" in result.stderr
+
+
+def test_own_data_quick_start_inspect_train_recommend(tmp_path):
+    """The README's second quick start: a CSV log, `data inspect --recipe-out`, `train`, `recommend`."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 40, 1500), rng.zipf(1.5, 1500) % 30
+    rows = [f"u{u},i{i},{1_700_000_000 + n},{'ab'[i % 2]}" for n, (u, i) in enumerate(zip(users, items))]
+    (tmp_path / "events.csv").write_text("user,item,ts,genre\n" + "\n".join(rows) + "\n")
+    inspected = run_cli("data", "inspect", "events.csv", "--recipe-out", "my.toml", cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "query id" in inspected.stdout and "most frequent candidates" in inspected.stdout
+    trained = run_cli("train", "my.toml", "-o", "run", "--set", "train.epochs=2", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dataset"]["interactions"] == 1500
+    recommended = run_cli("recommend", "--model", "run/model", "--user", "u3", "-k", "3", "--json", cwd=tmp_path)
+    assert recommended.returncode == 0, recommended.stderr
+    assert all(row["id"].startswith("i") for row in json.loads(recommended.stdout))
+    again = run_cli("data", "inspect", "events.csv", "--recipe-out", "my.toml", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr  # never overwrites the user's file

@@ -55,7 +55,9 @@ EPILOGS = {
   curl -d '{"instances": [{"user_id": "42", "k": 5}]}' localhost:8501/v1/models/retrieval:predict""",
     "data": """examples:
   towerkit data fetch movielens-100k
-  towerkit data info movielens-100k --json""",
+  towerkit data info movielens-100k --json
+  towerkit data inspect events.csv --recipe-out my.toml     # your own log: schema, counts, a starter recipe
+  towerkit data inspect logs/ --query-id user --candidate-id item --candidates items.parquet""",
 }
 
 
@@ -235,12 +237,13 @@ KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datase
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "inspect":
+        return _inspect_data(args)
     import towerkit
 
-    towerkit.get_registry("datasets").get(args.name)  # an unknown name: one error with suggestions
+    entry = towerkit.get_registry("datasets").get(args.name)  # an unknown name: one error with suggestions
     if args.action == "fetch":
-        dataset = towerkit.get_registry("datasets").get(args.name)
-        if dataset.name != "movielens-100k":
+        if entry.name != "movielens-100k":
             raise UserError(f"only movielens-100k can be fetched, not '{args.name}'; other datasets need no fetch.")
         from towerkit.datasets import fetch
 
@@ -250,7 +253,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_dir:
         from towerkit.registry import accepted_options
 
-        accepted, takes_any = accepted_options(towerkit.get_registry("datasets").get(args.name).load())
+        accepted, takes_any = accepted_options(entry.load())
         if "data_dir" not in accepted and not takes_any:
             raise UserError(f"dataset '{args.name}' reads no data dir, so --data-dir does not apply; drop it.")
         options["data_dir"] = args.data_dir
@@ -260,6 +263,28 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def _inspect_data(args: argparse.Namespace) -> int:
+    """`data inspect PATH`: an interaction log described before any training, and optionally a starter recipe."""
+    from towerkit.datasets import profile
+
+    names = ("query_id", "candidate_id", "timestamp", "candidates", "queries")
+    options = {name: getattr(args, name) for name in names if getattr(args, name)}
+    if args.recipe_out and os.path.lexists(args.recipe_out):
+        raise UserError(f"{args.recipe_out} already exists; towerkit writes a starter recipe only to a new file.")
+    report = profile.inspect(args.name, **dict(options))
+    if args.recipe_out:
+        from towerkit import files
+
+        files.write_file(args.recipe_out, profile.starter_recipe(args.name, **dict(options)))
+    if args.json:
+        _print_json(report)
+    else:
+        print(profile.format_report(report))
+        if args.recipe_out:
+            print(f"starter recipe written to {args.recipe_out}; train it with `towerkit train {args.recipe_out}`")
     return 0
 
 
@@ -444,10 +469,18 @@ def _configure_json_only(parser: argparse.ArgumentParser) -> None:
 
 
 def _configure_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("fetch", "info"))
-    parser.add_argument("name", nargs="?", default="movielens-100k")
+    parser.add_argument("action", choices=("fetch", "info", "inspect"))
+    parser.add_argument("name", nargs="?", default="movielens-100k",
+                        help="a dataset name (fetch, info) or an interaction log's path (inspect)")
     parser.add_argument("--data-dir", help="towerkit data dir (default $TOWERKIT_DATA or ~/.cache/towerkit)")
     parser.add_argument("--json", action="store_true")
+    inspect = parser.add_argument_group("inspect (your own interaction log)")
+    inspect.add_argument("--query-id", help="the query id column (guessed from names like user/user_id)")
+    inspect.add_argument("--candidate-id", help="the candidate id column (guessed from names like item/item_id)")
+    inspect.add_argument("--timestamp", help="the time column (guessed from names like ts/timestamp)")
+    inspect.add_argument("--candidates", metavar="FILE", help="a table of candidate features, one row per candidate")
+    inspect.add_argument("--queries", metavar="FILE", help="a table of query features, one row per query")
+    inspect.add_argument("--recipe-out", metavar="FILE", help="write a starter recipe that trains as it is")
 
 
 def _configure_recommend(parser: argparse.ArgumentParser) -> None:

@@ -171,6 +171,21 @@ def assemble(
     """
     if style not in STYLES:
         raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}.")
+    query_tower, candidate_tower = _build_towers(query, candidate)
+    if data is not None:
+        _fit_towers_to(data, query_tower, candidate_tower)
+    check_assembly(query_tower, candidate_tower, data)  # one clear error for a broken tower, not one at fit
+    if isinstance(task, (str, Mapping)):
+        defaults = {"candidates": candidate_embeddings_dataset(data, candidate_tower)} if data is not None else {}
+        task = _build("tasks", task, **defaults)
+    if getattr(task, "logq_correction", False) and data is not None:
+        task.set_candidate_probabilities(data.candidate_train_frequencies())
+    model_class = RetrievalModel if style == "tfrs" else TrainStepRetrievalModel
+    return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics)
+
+
+def _build_towers(query: Any, candidate: Any) -> tuple[Any, Any]:
+    """Both towers, the candidate first (a query tower may share its tables)."""
     candidate_tower = _build("towers", candidate)
     if isinstance(query, Mapping) and query.get("share_with") == "candidate":
         query = {**query, "share_with": candidate_tower}
@@ -179,33 +194,28 @@ def assemble(
         if not isinstance(tower, tf.keras.layers.Layer) or not hasattr(tower, "feature_keys"):
             raise ConfigError(
                 f"the {role} tower must be a towerkit Tower (a Keras layer with feature_keys), got "
-                f"{type(tower).__name__}; register it as a tower or subclass towerkit.towers.base.Tower."
+                f"{type(tower).__name__}; register it as a tower or subclass towerkit.Tower."
             )
-    if data is not None:
-        data.check_features(query_tower.feature_keys, f"query tower '{component_label(query_tower)}'")
-        data.check_features(candidate_tower.feature_keys, f"candidate tower '{component_label(candidate_tower)}'")
-        missing = [k for k in candidate_tower.feature_keys if k not in data.candidate_features]
-        if missing:
-            raise FeatureError(
-                f"candidate tower '{component_label(candidate_tower)}' needs {', '.join(missing)}, which the "
-                f"candidate set of '{data.name}' lacks; candidate keys: "
-                f"{', '.join(data.candidate_feature_keys)}."
-            )
-        adapt_values = data.adapt_features()
-        query_tower.adapt(adapt_values)
-        candidate_tower.adapt(adapt_values)
-    check_assembly(query_tower, candidate_tower, data)  # one clear error for a broken tower, not one at fit
+    return query_tower, candidate_tower
 
-    if isinstance(task, (str, Mapping)):
-        defaults = {}
-        if data is not None:
-            defaults["candidates"] = candidate_embeddings_dataset(data, candidate_tower)
-        task = _build("tasks", task, **defaults)
-    if getattr(task, "logq_correction", False) and data is not None:
-        task.set_candidate_probabilities(data.candidate_train_frequencies())
 
-    model_class = RetrievalModel if style == "tfrs" else TrainStepRetrievalModel
-    return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics)
+def _fit_towers_to(data: Any, query_tower: Any, candidate_tower: Any) -> None:
+    """Lets towers pick their columns, checks the features they read, and adapts their vocabularies."""
+    for role, tower in (("query", query_tower), ("candidate", candidate_tower)):
+        # A generic tower (e.g. `features`) reads the columns of its side of the data.
+        if callable(getattr(tower, "bind_dataset", None)):
+            tower.bind_dataset(data, role)
+    data.check_features(query_tower.feature_keys, f"query tower '{component_label(query_tower)}'")
+    data.check_features(candidate_tower.feature_keys, f"candidate tower '{component_label(candidate_tower)}'")
+    missing = [k for k in candidate_tower.feature_keys if k not in data.candidate_features]
+    if missing:
+        raise FeatureError(
+            f"candidate tower '{component_label(candidate_tower)}' needs {', '.join(missing)}, which the "
+            f"candidate set of '{data.name}' lacks; candidate keys: {', '.join(data.candidate_feature_keys)}."
+        )
+    adapt_values = data.adapt_features()
+    query_tower.adapt(adapt_values)
+    candidate_tower.adapt(adapt_values)
 
 
 def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
@@ -227,7 +237,8 @@ def build_model(config: Mapping[str, Any], data: Any) -> tf.keras.Model:
         style=config["model"]["style"],
         train_metrics=config["model"]["train_metrics"],
     )
-    model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]))
+    model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]),
+                  steps_per_execution=config["train"].get("steps_per_execution", 1))
     return model
 
 

@@ -212,7 +212,9 @@ def starter_recipe(path: str | os.PathLike, **options: Any) -> str:
             lines.append(f"# encoders = {{ {inline} }}  # inferred; uncomment to change one")
         lines.append("")
     queries_times_candidates = report["queries"] * report["candidates"]
-    lines += ["[task]", 'name = "retrieval"', "", "[index]", 'name = "brute-force"', "",
+    # The index's k may not exceed the candidates (a toy log may have fewer than 10).
+    lines += ["[task]", 'name = "retrieval"', "", "[index]", 'name = "brute-force"',
+              f"k = {min(10, report['candidates'])}", "",
               "[train]", f"epochs = {3 if big else 10}", f"batch_size = {batch}", "",
               "[evaluate]", f"exclude_train = {_toml(queries_times_candidates <= 200_000_000)}",
               f"every_epoch = {_toml(not big)}", "",
