@@ -47,6 +47,9 @@ def embed(tower: Any, columns: Mapping[str, np.ndarray], batch_size: int = 8192)
     """
     dataset = to_tf_dataset(columns).batch(batch_size)
     call = traced(tower)
+    # One trace for any batch size: traced first for [None] rows, the full batches and the
+    # smaller last one reuse it (otherwise each tower traces twice, at every evaluation's start).
+    call.get_concrete_function(dataset.element_spec)
     rows = len(next(iter(columns.values())))
     bar = progress_bar(-(-rows // batch_size), f"  embedding {rows:,} rows with {tower.name}")
     outputs = []

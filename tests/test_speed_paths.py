@@ -1,0 +1,153 @@
+"""The fast paths of training and evaluation give the results of the slow ones (issue 18).
+
+Each optimisation is checked against the computation it replaces: the hand
+gradient of the in-batch softmax against automatic differentiation and against
+TFRS, and the benchmarks' measuring helpers on known inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+import towerkit
+from towerkit.tasks.retrieval import in_batch_softmax_loss
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchlib():
+    spec = importlib.util.spec_from_file_location("benchlib", BENCHMARKS / "benchlib.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("benchlib", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _autodiff_loss(scores, columns):
+    return tf.reduce_logsumexp(scores, axis=1) - tf.gather(scores, columns, axis=1, batch_dims=1)
+
+
+@pytest.mark.parametrize("columns", ["diagonal", "scattered"])
+def test_hand_gradient_equals_automatic_differentiation(columns):
+    rng = np.random.default_rng(0)
+    # Large logits check the max subtraction: a plain exp would overflow.
+    scores = tf.constant(rng.normal(size=(40, 56)) * 30, tf.float32)
+    positives = tf.range(40) if columns == "diagonal" else tf.constant(rng.integers(0, 56, size=40), tf.int32)
+    weights = tf.constant(rng.uniform(0.1, 2.0, size=40), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(scores)
+        ours = tf.reduce_sum(weights * in_batch_softmax_loss(scores, positives))
+        reference = tf.reduce_sum(weights * _autodiff_loss(scores, positives))
+    assert np.isfinite(ours.numpy())
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(ours, scores).numpy(), tape.gradient(reference, scores).numpy(),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.1}])
+def test_task_gradients_equal_tfrs_gradients(options):
+    rng = np.random.default_rng(1)
+    query = tf.constant(rng.normal(size=(48, 8)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(48, 8)), tf.float32)
+    probability = tf.constant(rng.uniform(0.001, 0.1, size=48), tf.float32)
+    weights = tf.constant(rng.uniform(0.1, 2.0, size=48), tf.float32)
+    ours_task, tfrs_task = towerkit.create_task("retrieval", **options), tfrs.tasks.Retrieval(**options)
+    gradients = []
+    for task in (ours_task, tfrs_task):
+        with tf.GradientTape() as tape:
+            tape.watch([query, candidates])
+            loss = task(query, candidates, sample_weight=weights, candidate_sampling_probability=probability,
+                        compute_metrics=False)
+        gradients.append([g.numpy() for g in tape.gradient(loss, [query, candidates])])
+    for ours, theirs in zip(*gradients):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_loss_keeps_the_memory_of_one_score_matrix_per_step():
+    """The backward pass needs no [B, B] tensor beyond the kept exponentials (a graph-level check)."""
+    scores = tf.TensorSpec([None, None], tf.float32)
+
+    @tf.function
+    def step(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = tf.reduce_sum(in_batch_softmax_loss(values, tf.range(tf.shape(values)[0])))
+        return tape.gradient(loss, values)
+
+    ops = {op.type for op in step.get_concrete_function(scores).graph.get_operations()}
+    # reduce_logsumexp's gradient is built from Softmax/Exp of the whole matrix again; ours is not.
+    assert "Softmax" not in ops and "OneHot" not in ops
+    assert "TensorScatterSub" in ops
+
+
+def test_steps_per_execution_trains_the_same_weights(synthetic):
+    histories, weights = [], []
+    for steps in (1, 4):
+        tf.keras.utils.set_random_seed(11)
+        model = towerkit.assemble(data=synthetic)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1), steps_per_execution=steps)
+        dataset = tf.data.Dataset.from_tensor_slices(synthetic.train_features(model.feature_keys)).batch(512)
+        histories.append(model.fit(dataset, epochs=2, verbose=0).history["loss"])
+        weights.append(model.query_tower.get_weights()[0])
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-5)
+    np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-7)
+
+
+def test_recipe_steps_per_execution_reaches_the_compiled_model(synthetic):
+    from towerkit import config as recipe_config
+    from towerkit.models import build_model
+
+    raw, origin = recipe_config.load_recipe("basic-retrieval")
+    raw = recipe_config.apply_overrides(raw, ["train.steps_per_execution=8"])
+    config = recipe_config.resolve(raw, origin)
+    model = build_model(config, synthetic)
+    assert int(model._steps_per_execution.numpy()) == 8  # noqa: SLF001  (Keras keeps no public accessor)
+    with pytest.raises(towerkit.TowerkitError, match="steps_per_execution"):
+        recipe_config.resolve(recipe_config.apply_overrides(raw, ["train.steps_per_execution=0"]), origin)
+
+
+def test_embedding_traces_each_tower_once(synthetic):
+    from towerkit.embedding import embed, traced
+
+    model = towerkit.assemble(data=synthetic)
+    # Three batch shapes: two full batches of 64 and a remainder, then a different row count.
+    embed(model.candidate_tower, {"movie_title": synthetic.candidate_ids}, batch_size=32)
+    embed(model.candidate_tower, {"movie_title": synthetic.candidate_ids[:50]}, batch_size=64)
+    assert traced(model.candidate_tower).experimental_get_tracing_count() == 1
+
+
+def test_summary_statistics_and_interleaving():
+    benchlib = _benchlib()
+    summary = benchlib.summarize([3.0, 1.0, 2.0, 10.0])
+    assert summary["median"] == 2.5 and summary["min"] == 1.0 and summary["max"] == 10.0 and summary["runs"] == 4
+    order = []
+    results = benchlib.interleave({"a": lambda: order.append("a") or 1.0, "b": lambda: order.append("b") or 2.0},
+                                  repeats=3)
+    assert order == ["a", "b", "b", "a", "a", "b"]  # alternating which side goes first
+    assert results == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+
+
+def test_machine_description_names_cpu_threads_and_load():
+    description = _benchlib().describe_machine()
+    for field in ("cpu model", "cpu flags", "cores", "load average", "threads", "tensorflow"):
+        assert field in description, field
+    assert description["cores"] >= 1
+
+
+def test_check_mode_fails_on_a_missed_target(tmp_path, capsys):
+    benchlib = _benchlib()
+    passed = benchlib.Check("ratio >= 2", 2.5, ">=", 2.0)
+    missed = benchlib.Check("ratio >= 5", 4.0, ">=", 5.0)
+    assert passed.ok and not missed.ok
+    assert benchlib.finish([passed], check=True) == 0
+    assert benchlib.finish([passed, missed], check=True) == 1
+    assert benchlib.finish([passed, missed], check=False) == 0
+    output = capsys.readouterr().out
+    assert "FAIL  ratio >= 5 (4.00)" in output and "PASS  ratio >= 2 (2.50)" in output
