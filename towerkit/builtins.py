@@ -87,3 +87,15 @@ def register_datasets(register):
         "towerkit.datasets.interactions:InteractionsDataset",
         description="Your own interaction log (CSV/TSV/Parquet/JSON Lines), split random, temporal or leave-last.",
     )
+
+
+@hookimpl
+def register_baselines(register):
+    register("popularity", "towerkit.baselines.classic:Popularity",
+             description="The candidates met most often in training, for every query.")
+    register("cooccurrence", "towerkit.baselines.classic:Cooccurrence",
+             description="Item-to-item: the candidates most often paired with the query item in training.")
+    register("ease", "towerkit.baselines.ease:EASE",
+             description="EASE, closed-form item-item linear model (option l2).")
+    register("als", "towerkit.baselines.als:ALS",
+             description="Implicit-feedback ALS matrix factorisation via the implicit library (extra 'baselines').")

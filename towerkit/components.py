@@ -24,10 +24,10 @@ NOT_OPTIONS = frozenset({"name"})
 
 
 def get_registry(kind: str) -> Registry:
-    """Returns the registry of a kind ("towers", "tasks", "indexes", "datasets"), loading plugins on first use.
+    """Returns the registry of a kind ("towers", "tasks", "indexes", "datasets", "baselines"), loading plugins on first use.
 
     Raises:
-        UnknownComponentError: ``kind`` is not one of the four kinds.
+        UnknownComponentError: ``kind`` is not one of the kinds.
     """
     if kind not in REGISTRIES:
         close = difflib.get_close_matches(str(kind), list(KINDS), n=1)

@@ -42,6 +42,8 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "exclude_train": (bool, True),
         # Exact test top-k after every epoch, for history.csv and report.png.
         "every_epoch": (bool, True),
+        # Baselines beside the model: names or {name = ..., options}; [] = the dataset's own.
+        "baselines": (list, []),
     },
     "export": {"enabled": (bool, True), "example_query": (str, "42")},
 }
@@ -394,6 +396,9 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, "
                           f"got {_show(config['model']['style'])}.")
     check_ks(config["evaluate"]["ks"], f"evaluate.ks in {origin}")
+    from towerkit.baselines import check_specs
+
+    check_specs(config["evaluate"]["baselines"], f"evaluate.baselines in {origin}")
     _check_memory(config, origin)
 
 

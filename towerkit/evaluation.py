@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from towerkit.baselines import fit_baseline
 from towerkit.embedding import embed, embed_candidates, progress_bar
 from towerkit.errors import ConfigError, DataError
 
@@ -138,26 +139,42 @@ def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
     return seen, {str(u): i for i, u in enumerate(users)}
 
 
-def ranking_masks(data: Any, exclude_train: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+SPLITS = ("test", "validation")
+
+
+def split_rows(data: Any, split: str = "test") -> np.ndarray:
+    """The interaction rows of ``"test"`` or ``"validation"`` (carved from train; empty if none)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+    if split == "test":
+        return data.test_rows
+    rows = getattr(data, "validation_rows", None)
+    if rows is None or not len(rows):
+        raise ConfigError(f"dataset '{data.name}' has no validation rows; set its validation_fraction above 0.")
+    return rows
+
+
+def ranking_masks(data: Any, exclude_train: bool, split: str = "test") -> tuple[np.ndarray | None, np.ndarray | None]:
     """Candidates to leave out of each test example's ranking: (always, when excluding training items)."""
     always = None
+    rows_of_split = split_rows(data, split)
     if getattr(data, "exclude_query_from_candidates", False):
-        query_rows = candidate_rows(data, data.interactions[data.query_id_key][data.test_rows])
+        query_rows = candidate_rows(data, data.interactions[data.query_id_key][rows_of_split])
         always = np.zeros((len(query_rows), len(data.candidate_ids)), dtype=bool)
         valid = query_rows >= 0
         always[np.flatnonzero(valid), query_rows[valid]] = True
     if not exclude_train:
         return always, None
     seen, query_index = _seen_matrix(data)
-    excluding = seen[[query_index[str(q)] for q in data.interactions[data.query_id_key][data.test_rows]]]
+    excluding = seen[[query_index[str(q)] for q in data.interactions[data.query_id_key][rows_of_split]]]
     return always, excluding if always is None else (excluding | always)
 
 
 def topk_from_scores(data: Any, score_rows: ScoreRows, ks: Sequence[int], exclude_train: bool,
-                     positive_scores: Any = None) -> TopK:
-    """Exact top-k on the test split of any scorer, under both protocols."""
-    rows = candidate_rows(data, data.interactions[data.candidate_id_key][data.test_rows])
-    always, excluding = ranking_masks(data, exclude_train)
+                     positive_scores: Any = None, split: str = "test") -> TopK:
+    """Exact top-k on the test (or validation) split of any scorer, under both protocols."""
+    rows = candidate_rows(data, data.interactions[data.candidate_id_key][split_rows(data, split)])
+    always, excluding = ranking_masks(data, exclude_train, split)
     results = _hits(count_ranks(score_rows, rows, always, positive_scores), ks)
     if not exclude_train:
         return TopK(results)
@@ -165,7 +182,7 @@ def topk_from_scores(data: Any, score_rows: ScoreRows, ks: Sequence[int], exclud
 
 
 def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: bool = False,
-                  batch_size: int = 8192) -> TopK:
+                  batch_size: int = 8192, split: str = "test") -> TopK:
     """Exact top-k accuracy of a two-tower model on the test split, over all candidates.
 
     Args:
@@ -175,12 +192,17 @@ def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude
         exclude_train: Also report accuracy with each query's training items
             removed from its ranking.
         batch_size: Examples embedded per batch.
+        split: ``"test"``, or ``"validation"`` (for choices such as epochs; never tune on test).
 
     Example:
         >>> towerkit.evaluate_topk(model, data, ks=[10, 100], exclude_train=True).all["top_100"]
     """
-    queries = embed(model.query_tower, data.test_features(model.query_tower.feature_keys), batch_size)
-    positives = embed(model.candidate_tower, data.test_features(model.candidate_tower.feature_keys), batch_size)
+    rows = split_rows(data, split)
+    data.check_features([*model.query_tower.feature_keys, *model.candidate_tower.feature_keys], "the model")
+    queries = embed(model.query_tower, {k: data.interactions[k][rows] for k in model.query_tower.feature_keys},
+                    batch_size)
+    positives = embed(model.candidate_tower, {k: data.interactions[k][rows] for k in model.candidate_tower.feature_keys},
+                      batch_size)
     candidates = embed_candidates(model.candidate_tower, data, batch_size)
     # Used only where a test positive is not in the candidate set.
     positive_scores = tf.reduce_sum(queries * positives, axis=1)
@@ -188,7 +210,7 @@ def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude
     def score_rows(start: int, stop: int) -> tf.Tensor:
         return tf.linalg.matmul(queries[start:stop], candidates, transpose_b=True)
 
-    return topk_from_scores(data, score_rows, ks, exclude_train, positive_scores)
+    return topk_from_scores(data, score_rows, ks, exclude_train, positive_scores, split)
 
 
 def train_counts(data: Any) -> np.ndarray:
@@ -232,9 +254,17 @@ def cooccurrence_topk(data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: 
 BASELINES = {"popularity": popularity_topk, "cooccurrence": cooccurrence_topk}
 
 
-def evaluate_all(model: Any, data: Any, ks: Sequence[int], exclude_train: bool, batch_size: int) -> dict[str, TopK]:
-    """The model and each of the dataset's baselines, by name (``"model"`` first)."""
-    results = {"model": evaluate_topk(model, data, ks, exclude_train, batch_size)}
-    for name in getattr(data, "baselines", ("popularity",)):
-        results[name] = BASELINES[name](data, ks, exclude_train)
+def evaluate_all(model: Any, data: Any, ks: Sequence[int], exclude_train: bool, batch_size: int,
+                 baselines: Sequence[Any] | None = None, split: str = "test") -> dict[str, TopK]:
+    """The model and each baseline, by name (``"model"`` first).
+
+    Baselines come from the ``baselines`` registry (see towerkit.baselines): names
+    or ``{"name": ..., **options}``; None or empty runs the dataset's own (``data.baselines``).
+    """
+    results = {"model": evaluate_topk(model, data, ks, exclude_train, batch_size, split)}
+    queries = data.interactions[data.query_id_key][split_rows(data, split)]
+    for spec in baselines or getattr(data, "baselines", ("popularity",)):
+        label, scorer = fit_baseline(spec, data)
+        results[label] = topk_from_scores(data, lambda start, stop: scorer(queries[start:stop]), ks, exclude_train,
+                                          split=split)
     return results

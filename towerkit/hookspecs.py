@@ -40,3 +40,8 @@ def register_indexes(register):
 @hookspec
 def register_datasets(register):
     """Registers datasets: factories of ``towerkit.RetrievalDataset`` (see its docstring for the contract)."""
+
+
+@hookspec
+def register_baselines(register):
+    """Registers baselines: factories of objects with ``fit(data) -> scorer`` (see towerkit.baselines)."""

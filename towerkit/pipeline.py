@@ -143,7 +143,8 @@ def stage_evaluate(ctx: RunContext) -> None:
     """Exact test top-k of the model and of the dataset's baselines, logged as a small table."""
     evaluation = ctx.config["evaluate"]
     ctx.log("evaluating on the test split (exact top-k over all candidates) ...")
-    ctx.results = evaluate_all(ctx.model, ctx.data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"])
+    ctx.results = evaluate_all(ctx.model, ctx.data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"],
+                               evaluation.get("baselines"))
     for excluding in (False, True) if evaluation["exclude_train"] else (False,):
         if excluding:
             ctx.log("  excluding each user's training items:")

@@ -49,6 +49,7 @@ HOOK_KINDS = {
     "register_tasks": "tasks",
     "register_indexes": "indexes",
     "register_datasets": "datasets",
+    "register_baselines": "baselines",
 }
 
 

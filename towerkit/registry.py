@@ -34,6 +34,7 @@ KINDS = {
     "tasks": "task",
     "indexes": "index",
     "datasets": "dataset",
+    "baselines": "baseline",
 }
 
 

@@ -1,0 +1,114 @@
+"""Baselines as a registry kind, validation carves and the honest protocol (issue 16)."""
+
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import towerkit
+from towerkit import config as recipe_config
+from towerkit.baselines import check_specs, fit_baseline
+from towerkit.errors import ConfigError, UnknownComponentError
+from towerkit.evaluation import evaluate_all, popularity_topk, topk_from_scores
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return towerkit.load_dataset("synthetic", num_users=40, num_items=25, num_interactions=900, seed=5)
+
+
+def _dense_train(data):
+    """The binary users x items training matrix, built here independently of towerkit.baselines."""
+    users = sorted(set(data.interactions["user_id"][data.train_rows].tolist()))
+    items = sorted(data.candidate_ids.tolist())  # sorted, as ALS's random start depends on the order
+    matrix = np.zeros((len(users), len(items)))
+    for row in data.train_rows:
+        matrix[users.index(data.interactions["user_id"][row]), items.index(data.interactions["movie_title"][row])] = 1
+    candidate_order = [items.index(c) for c in data.candidate_ids.tolist()]
+    return users, matrix[:, candidate_order], candidate_order
+
+
+def test_ease_matches_per_item_ridge_regressions(tiny):
+    """EASE's closed form equals, column by column, a ridge regression of each item on all the others."""
+    users, matrix, _ = _dense_train(tiny)
+    l2 = 7.0
+    weights = np.zeros((matrix.shape[1], matrix.shape[1]))
+    for item in range(matrix.shape[1]):
+        others = [j for j in range(matrix.shape[1]) if j != item]
+        inputs = matrix[:, others]
+        weights[others, item] = np.linalg.solve(inputs.T @ inputs + l2 * np.eye(len(others)), inputs.T @ matrix[:, item])
+    _, scorer = fit_baseline({"name": "ease", "l2": l2}, tiny)
+    query = np.array(users[:10] + ["user 999999"])
+    scores = scorer(query)
+    np.testing.assert_allclose(scores[:10], matrix[:10] @ weights, atol=1e-5)
+    # An unseen user gets popularity, not a constant row that would tie every candidate.
+    assert np.argmax(scores[10]) == np.argmax(matrix.sum(axis=0)) and np.ptp(scores[10]) > 0
+
+
+def test_als_matches_implicit_directly(tiny):
+    pytest.importorskip("implicit", reason="the als baseline is the optional extra towerkit[baselines]")
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    users, matrix, candidate_order = _dense_train(tiny)
+    options = dict(factors=6, regularization=0.1, alpha=2.0, iterations=5)
+    in_item_order = np.zeros_like(matrix)
+    in_item_order[:, candidate_order] = matrix
+    with threadpool_limits(1, "blas"):
+        direct = AlternatingLeastSquares(**options, random_state=3, num_threads=1, calculate_training_loss=False)
+        direct.fit(sp.csr_matrix(in_item_order.astype(np.float32)), show_progress=False)
+    expected = np.asarray(direct.user_factors) @ np.asarray(direct.item_factors).T
+    _, scorer = fit_baseline({"name": "als", **options, "seed": 3}, tiny)
+    np.testing.assert_allclose(scorer(np.array(users)), expected[:, candidate_order], atol=1e-4)
+
+
+def test_als_without_implicit_names_the_extra(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "implicit.cpu.als", None)  # what Python does when the module is missing
+    with pytest.raises(ConfigError, match=r"towerkit\[baselines\]"):
+        fit_baseline("als", tiny)
+
+
+def test_registry_popularity_equals_the_classic_function(tiny):
+    _, scorer = fit_baseline("popularity", tiny)
+    queries = tiny.interactions["user_id"][tiny.test_rows]
+    via_registry = topk_from_scores(tiny, lambda a, b: scorer(queries[a:b]), [1, 10], True)
+    assert via_registry == popularity_topk(tiny, [1, 10], True)
+
+
+class ReversePopularity:
+    """A third-party baseline: the least popular candidates first."""
+
+    def fit(self, data):
+        _, popularity = fit_baseline("popularity", data)
+        return lambda query_ids: -popularity(query_ids)
+
+
+class ThirdPartyBaselines:
+    @staticmethod
+    @towerkit.hookimpl
+    def register_baselines(register):
+        register("reverse-popularity", ReversePopularity, description="Least popular first.")
+
+
+def test_plugin_baseline_runs_in_the_same_evaluation(tiny):
+    towerkit.plugins.register_plugin(ThirdPartyBaselines, name="third-party-baselines")
+    try:
+        model = towerkit.assemble(data=tiny)
+        results = evaluate_all(model, tiny, [10], True, 512, baselines=["popularity", "reverse-popularity", "ease"])
+        assert list(results) == ["model", "popularity", "reverse-popularity", "ease"]
+        assert results["reverse-popularity"].all["top_10"] < results["popularity"].all["top_10"]
+        check_specs(["reverse-popularity"], "evaluate.baselines")
+    finally:
+        towerkit.plugins.unregister_plugin("third-party-baselines")
+
+
+def test_recipe_baselines_are_checked_before_training():
+    raw, origin = recipe_config.load_recipe("retrieval")
+    raw = recipe_config.apply_overrides(raw, ['evaluate.baselines=["popularity", "eaze"]'])
+    with pytest.raises(UnknownComponentError, match="did you mean 'ease'"):
+        recipe_config.resolve(raw, origin)
+    with pytest.raises(ConfigError, match="has no option 'lambda'"):
+        check_specs([{"name": "ease", "lambda": 3}], "evaluate.baselines")
+    with pytest.raises(ConfigError, match="positive"):
+        fit_baseline({"name": "ease", "l2": -1.0}, None)
