@@ -149,7 +149,7 @@ class FeaturesTower(Tower):
             self._use_side_columns(features)
         missing = [c for c in self.columns if c not in features]
         if missing:
-            raise FeatureError(f"tower '{self.name}' reads column(s) {', '.join(map(repr, missing))}, which the data "
+            raise FeatureError(f"tower '{self.component_name}' reads column(s) {', '.join(map(repr, missing))}, which the data "
                                f"does not have; columns: {', '.join(sorted(features))}.")
         times = set(getattr(features, "time_columns", ()))
         for column in self.columns:
@@ -182,7 +182,7 @@ class FeaturesTower(Tower):
     # Running ----------------------------------------------------------------------------------
     def call(self, features: Any) -> tf.Tensor:
         if not self.encoders:
-            raise ConfigError(f"tower '{self.name}' has not been adapted; assemble it with data first.")
+            raise ConfigError(f"tower '{self.component_name}' has not been adapted; assemble it with data first.")
         inputs = self.select(features)
         outputs = [self.encoders[c](inputs[c]) for c in self.columns]
         if self.combine == "sum":

@@ -89,7 +89,7 @@ class FeatureTower(Tower):
             inputs = embedding_dim * (1 + len(self.parts))
             for units in widths:
                 check_weights_fit(inputs, units, "width in layers" if layers else "embedding_dim",
-                                  f"tower '{self.name}' (a Dense layer of {units:,} units)")
+                                  f"tower '{self.component_name}' (a Dense layer of {units:,} units)")
                 inputs = units
             self.projection = tf.keras.Sequential(
                 [tf.keras.layers.Dense(w, activation="relu") for w in widths[:-1]] + [tf.keras.layers.Dense(widths[-1])],

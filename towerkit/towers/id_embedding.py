@@ -59,7 +59,7 @@ class IdEmbeddingTower(Tower):
         self.num_oov_buckets = check_positive_int(num_oov_buckets, "num_oov_buckets")
         # The OOV rows alone must fit; the vocabulary is checked when it is known.
         larger = "num_oov_buckets" if self.num_oov_buckets > self.embedding_dim else "embedding_dim"
-        check_weights_fit(self.num_oov_buckets, self.embedding_dim, larger, f"tower '{self.name}'")
+        check_weights_fit(self.num_oov_buckets, self.embedding_dim, larger, f"tower '{self.component_name}'")
         self.vocabulary: list[str] | None = None
         self.lookup = None
         self.embedding = None
@@ -80,9 +80,9 @@ class IdEmbeddingTower(Tower):
 
     def _build_layers(self, vocabulary: list[str]) -> None:
         if not vocabulary:
-            raise ConfigError(f"tower '{self.name}' got an empty vocabulary for '{self.feature}'.")
+            raise ConfigError(f"tower '{self.component_name}' got an empty vocabulary for '{self.feature}'.")
         check_weights_fit(len(vocabulary) + self.num_oov_buckets, self.embedding_dim, "embedding_dim",
-                          f"tower '{self.name}' ({len(vocabulary):,} ids of '{self.feature}')")
+                          f"tower '{self.component_name}' ({len(vocabulary):,} ids of '{self.feature}')")
         self.vocabulary = vocabulary
         self.lookup = tf.keras.layers.StringLookup(
             vocabulary=vocabulary,
@@ -97,7 +97,7 @@ class IdEmbeddingTower(Tower):
     def call(self, features: Any) -> tf.Tensor:
         if self.lookup is None:
             raise ConfigError(
-                f"tower '{self.name}' has no vocabulary yet; pass vocabulary= or assemble it "
+                f"tower '{self.component_name}' has no vocabulary yet; pass vocabulary= or assemble it "
                 "with data so it can adapt."
             )
         ids = self.select(features)[self.feature]
