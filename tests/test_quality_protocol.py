@@ -112,3 +112,92 @@ def test_recipe_baselines_are_checked_before_training():
         check_specs([{"name": "ease", "lambda": 3}], "evaluate.baselines")
     with pytest.raises(ConfigError, match="positive"):
         fit_baseline({"name": "ease", "l2": -1.0}, None)
+
+
+# Validation ------------------------------------------------------------------------------------
+
+
+def test_validation_is_carved_from_train_and_test_does_not_move(small_movielens, tmp_path):
+    from conftest import write_grouplens
+
+    directory = tmp_path / "data"
+    write_grouplens(directory / "ml-100k")
+    plain = towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files")
+    carved = towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", validation_fraction=0.1)
+    np.testing.assert_array_equal(carved.test_rows, plain.test_rows)
+    assert len(carved.validation_rows) == round(0.1 * len(plain.interactions["user_id"]))
+    assert set(carved.validation_rows) | set(carved.train_rows) == set(plain.train_rows)
+    assert not set(carved.validation_rows) & set(carved.train_rows)
+    assert carved.describe()["validation"] == len(carved.validation_rows)
+    synthetic = towerkit.load_dataset("synthetic", num_users=40, num_items=25, num_interactions=900, seed=5,
+                                      validation_fraction=0.2)
+    assert len(synthetic.validation_rows) == 180 and not set(synthetic.validation_rows) & set(synthetic.test_rows)
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        towerkit.load_dataset("synthetic", num_users=4, num_items=5, num_interactions=90, validation_fraction=0.9)
+
+
+def test_leave_last_holds_out_each_users_last_interactions(tmp_path):
+    from conftest import write_grouplens
+
+    write_grouplens(tmp_path / "ml-100k")
+    data = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path), source="files", split="leave-last",
+                                 validation_fraction=0.1)
+    users, times = data.interactions["user_id"], data.interactions["timestamp"]
+    for user in np.unique(users[data.test_rows])[:15]:
+        rows = np.flatnonzero(users == user)
+        by_time = rows[np.lexsort((rows, times[rows]))]
+        assert data.test_rows[np.searchsorted(data.test_rows, by_time[-1])] == by_time[-1]
+        assert by_time[-2] in set(data.validation_rows) and set(by_time[:-2]) <= set(data.train_rows)
+    assert len(np.unique(users[data.test_rows])) == len(data.test_rows)
+
+
+def test_validation_evaluation_ranks_only_validation_rows(tiny):
+    data = towerkit.load_dataset("synthetic", num_users=40, num_items=25, num_interactions=900, seed=5,
+                                 validation_fraction=0.2)
+    _, scorer = fit_baseline("popularity", data)
+    queries = data.interactions["user_id"][data.validation_rows]
+    result = topk_from_scores(data, lambda a, b: scorer(queries[a:b]), [3], False, split="validation")
+    counts = np.array([np.sum(data.interactions["movie_title"][data.train_rows] == c) for c in data.candidate_ids])
+    positives = np.array([counts[list(data.candidate_ids).index(c)]
+                          for c in data.interactions["movie_title"][data.validation_rows]])
+    assert result.all["top_3"] == pytest.approx(np.mean((counts[None, :] > positives[:, None]).sum(axis=1) < 3))
+    with pytest.raises(ConfigError, match="no validation rows"):
+        topk_from_scores(tiny, lambda a, b: scorer(queries[a:b]), [3], False, split="validation")
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    import tensorflow as tf
+
+    from towerkit.early_stopping import ValidationEarlyStopping
+
+    data = towerkit.load_dataset("synthetic", num_users=60, num_items=30, num_interactions=2000, seed=2,
+                                 validation_fraction=0.2)
+    tf.keras.utils.set_random_seed(1)
+    model = towerkit.assemble(data=data, query={"name": "user", "embedding_dim": 8},
+                              candidate={"name": "movie", "embedding_dim": 8})
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5))
+    stopper = ValidationEarlyStopping(data, patience=2, metric="top_5")
+    dataset = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(256)
+    logged = model.fit(dataset, epochs=12, verbose=0, callbacks=[stopper]).history["val_top_5"]
+    assert stopper.best_epoch == int(np.argmax(logged)) + 1 and stopper.best_value == max(logged)
+    assert len(logged) == 12 or len(logged) - stopper.best_epoch == 2  # stopped only after 2 epochs without gain
+    restored = towerkit.evaluate_topk(model, data, [5], split="validation").all["top_5"]
+    assert restored == stopper.best_value
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        ValidationEarlyStopping(towerkit.load_dataset("synthetic", num_users=9, num_items=9, num_interactions=90), 2)
+
+
+def test_train_job_reports_chosen_baselines_and_the_validation_epoch(tmp_path):
+    import tomllib
+
+    from conftest import recipe_text
+    from towerkit.pipeline import run
+
+    text = recipe_text(dataset={"validation_fraction": 0.2}, train={"epochs": 4, "batch_size": 512,
+                       "early_stopping_patience": 1}, evaluate={"baselines": ["popularity", {"name": "ease", "l2": 50.0}],
+                       "every_epoch": False}, export={"enabled": False})
+    config = recipe_config.resolve(tomllib.loads(text), "test recipe")
+    metrics = run(config, str(tmp_path / "run"), log=lambda message: None, verbose=0).metrics
+    assert list(metrics["test"]) == ["model", "popularity", "ease(l2=50.0)"]
+    assert 1 <= metrics["validation"]["best_epoch"] <= 4 and 0 <= metrics["validation"]["val_top_100"] <= 1
+    assert "ease(l2=50.0)" in (tmp_path / "run" / "report.md").read_text()

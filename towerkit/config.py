@@ -35,6 +35,9 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         # Training steps per call into TensorFlow (Keras' steps_per_execution): fewer
         # Python round trips at small batches; the trained weights are the same.
         "steps_per_execution": (int, 1),
+        # Epochs without a better validation top-k before stopping (0: off); the best epoch is kept.
+        "early_stopping_patience": (int, 0),
+        "early_stopping_metric": (str, "top_100"),
     },
     "evaluate": {
         "batch_size": (int, 4096),

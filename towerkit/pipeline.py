@@ -27,6 +27,7 @@ from towerkit.components import load_dataset
 from towerkit.datasets.base import to_tf_dataset
 from towerkit.distribute import is_chief, make_strategy, worker_id
 from towerkit.errors import TowerkitError
+from towerkit.early_stopping import ValidationEarlyStopping
 from towerkit.evaluation import evaluate_all
 from towerkit.export import example_query_features, export_model
 from towerkit.indexes.base import check_k
@@ -120,6 +121,10 @@ def _callbacks(ctx: RunContext) -> tuple[list[Any], EpochEvaluation | None, int]
     # The guard runs first, so a diverged epoch is never evaluated, logged or checkpointed;
     # the CSV row is on disk before the checkpoint, so a resumed run never lacks a row.
     callbacks = [guard, *([curves] if curves else []), tf.keras.callbacks.CSVLogger(str(history), append=True), saver]
+    if ctx.config["train"].get("early_stopping_patience"):
+        ctx.stopper = ValidationEarlyStopping(ctx.data, ctx.config["train"]["early_stopping_patience"],
+                                              ctx.config["train"]["early_stopping_metric"], ctx.config["evaluate"]["batch_size"])
+        callbacks.insert(1, ctx.stopper)  # before the CSV logger, so history.csv has val_top_K
     if options.tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=str(ctx.output / "tensorboard")))
     return callbacks, curves, initial_epoch
@@ -134,7 +139,10 @@ def stage_fit(ctx: RunContext) -> None:
     tick = time.perf_counter()
     ctx.model.fit(dataset, epochs=train["epochs"], initial_epoch=initial_epoch,
                   verbose=ctx.options.verbose, callbacks=callbacks)
-    curve_seconds = curves.seconds if curves else 0.0
+    curve_seconds = (curves.seconds if curves else 0.0) + (ctx.stopper.seconds if getattr(ctx, "stopper", None) else 0.0)
+    if getattr(ctx, "stopper", None):
+        ctx.metrics["validation"] = ctx.stopper.summary()
+        ctx.log(f"  kept epoch {ctx.stopper.best_epoch} (validation {ctx.stopper.metric} {ctx.stopper.best_value:.4f})")
     ctx.timings["fit_seconds"] = time.perf_counter() - tick - curve_seconds
     ctx.timings["epoch_evaluation_seconds"] = curve_seconds
 

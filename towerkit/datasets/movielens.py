@@ -10,6 +10,7 @@ import numpy as np
 
 from towerkit.datasets import fetch, grouplens
 from towerkit.datasets.base import RetrievalDataset, seed_split
+from towerkit.datasets.splits import carve_validation, check_split, check_validation_fraction, leave_last
 from towerkit.errors import ConfigError, DataError
 
 # tfds' ClassLabel names for movielens, so that integer labels match tfds exactly.
@@ -163,7 +164,13 @@ class MovieLens100K(RetrievalDataset):
             ``"fetch"`` use only that source.
         tfds_data_dir: Where tfds keeps prepared data (tfds' default if None).
         split_seed: The seed of the tutorial's shuffle.
-        train_fraction: Share of interactions used for training.
+        train_fraction: Share of interactions used for training (``split="random"``).
+        validation_fraction: Share of all interactions carved from train (never
+            from test) as ``validation_rows``, for early stopping and tuning; the
+            test rows do not change. With ``split="leave-last"``, any value above
+            0 makes each user's second-to-last interaction validation instead.
+        split: ``"random"`` (the tutorial's shuffle) or ``"leave-last"`` (each
+            user's last interaction by time is test).
 
     Example:
         >>> data = towerkit.load_dataset("movielens-100k")
@@ -180,13 +187,38 @@ class MovieLens100K(RetrievalDataset):
         tfds_data_dir: str | None = None,
         split_seed: int = 42,
         train_fraction: float = 0.8,
+        validation_fraction: float = 0.0,
+        split: str = "random",
     ):
         if source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
+        check_split(split)
+        check_validation_fraction(validation_fraction, train_fraction)
         interactions, candidates = self._load(data_dir, source, tfds_data_dir)
-        train_rows, test_rows = seed_split(len(interactions["user_id"]), train_fraction, split_seed)
+        num_rows = len(interactions["user_id"])
+        if split == "leave-last":
+            train_rows, test_rows, validation_rows = leave_last(
+                interactions["user_id"], interactions["timestamp"], validation_fraction > 0)
+        else:
+            train_rows, test_rows = seed_split(num_rows, train_fraction, split_seed)
+            train_rows, validation_rows = carve_validation(train_rows, num_rows, validation_fraction)
         super().__init__(interactions, candidates, train_rows, test_rows)
+        self.validation_rows = validation_rows
+        self.split = split
         self.source = self._source
+
+    def validation_features(self, keys=None) -> dict[str, np.ndarray]:
+        """The validation rows (carved from train) as column arrays."""
+        keys = list(self.interactions) if keys is None else list(dict.fromkeys(keys))
+        self.check_features(keys, "the request")
+        return {k: self.interactions[k][self.validation_rows] for k in keys}
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["interactions"] = int(len(self.interactions["user_id"]))
+        info["validation"] = int(len(self.validation_rows))
+        info["split"] = self.split
+        return info
 
     def _load(self, data_dir, source, tfds_data_dir):
         if source in ("auto", "tfds"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from towerkit.datasets.base import RetrievalDataset, seed_split
+from towerkit.datasets.splits import carve_validation, check_validation_fraction
 from towerkit.errors import ConfigError
 from towerkit.towers.base import check_positive_int
 
@@ -37,6 +38,8 @@ class SyntheticDataset(RetrievalDataset):
         train_fraction: Share of interactions used for training.
         genres: Also give each interaction its item's genre list (a Python list per
             row; turn off for tens of millions of interactions).
+        validation_fraction: Share of all interactions carved from train (never from
+            test) as ``validation_rows``; the test rows do not change.
 
     Example:
         >>> data = towerkit.load_dataset("synthetic", num_users=100, num_items=50,
@@ -58,6 +61,7 @@ class SyntheticDataset(RetrievalDataset):
         seed: int = 42,
         train_fraction: float = 0.8,
         genres: bool = True,
+        validation_fraction: float = 0.0,
     ):
         for value, name in (
             (num_users, "num_users"),
@@ -114,4 +118,6 @@ class SyntheticDataset(RetrievalDataset):
             order = rng.permutation(num_interactions)
             num_train = int(round(num_interactions * train_fraction))
             train_rows, test_rows = order[:num_train], order[num_train:]
+        check_validation_fraction(validation_fraction, train_fraction)
+        train_rows, self.validation_rows = carve_validation(train_rows, num_interactions, validation_fraction)
         super().__init__(interactions, candidates, train_rows, test_rows)
