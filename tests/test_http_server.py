@@ -28,7 +28,7 @@ RECIPE = recipe_text(recipe={"name": "served"}, query_tower={"timestamp": True})
 class Server:
     """A `towerkit serve` subprocess on a free port of 127.0.0.1."""
 
-    def __init__(self, export_dir: Path, *extra: str):
+    def __init__(self, export_dir: Path, *extra: str, ready: str = "ready on port "):
         self.process = subprocess.Popen(
             [sys.executable, "-m", "towerkit.cli", "serve", str(export_dir), "--host", "127.0.0.1", "--port", "0",
              *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
@@ -36,7 +36,9 @@ class Server:
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.wait_for("ready on port ").rsplit(" ", 1)[1])
+        line = self.wait_for(ready)
+        self.port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0]) if "http://" in line else \
+            int(line.rsplit(" ", 1)[1])
         self.base = f"http://127.0.0.1:{self.port}/v1/models"
 
     def _read(self) -> None:
@@ -206,6 +208,20 @@ def test_fifty_concurrent_requests_all_answer_correctly(server, export):
     for n, (status, answer) in enumerate(answers):
         assert status == 200
         _assert_same(answer["predictions"][0]["ids"], answer["predictions"][0]["scores"], expected[n])
+
+
+def test_status_is_503_loading_until_the_model_is_loaded_then_200(export_dir):
+    server = Server(export_dir, ready="(loading)")
+    try:
+        status, body = call(f"{server.base}/served")
+        assert status == 503 and body["model_version_status"][0]["state"] == "LOADING"
+        status, body = call(f"{server.base}/served:predict", {"instances": [GOOD]})
+        assert status == 503 and "still loading" in body["error"]
+        server.wait_for("ready on port ")
+        assert call(f"{server.base}/served")[0] == 200
+        assert call(f"{server.base}/served:predict", {"instances": [GOOD]})[0] == 200
+    finally:
+        assert server.stop() == 0
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(export_dir, export):

@@ -32,6 +32,8 @@ MODEL_VERSION = "1"
 # Keys of a request instance that are not model features.
 INSTANCE_OPTIONS = ("exclude", "k")
 MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# At shutdown, how long no request must be in flight before connections are closed.
+QUIET_SECONDS = 0.25
 
 
 class RequestError(Exception):
@@ -234,6 +236,7 @@ class ModelServer:
         self.path, self.name, self.max_body, self.log = path, name, max_body, log
         self.export: Any = None
         self.state = "LOADING"
+        self.in_flight = 0
         self.coalescer = Coalescer(self._run, workers, max_batch)
         self.max_instances = max(max_batch, 1024)
         self.app = web.Application(client_max_size=max_body, middlewares=[self._errors_as_json])
@@ -255,6 +258,7 @@ class ModelServer:
 
     @web.middleware
     async def _errors_as_json(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        self.in_flight += 1
         try:
             return await handler(request)
         except RequestError as exc:
@@ -273,6 +277,24 @@ class ModelServer:
             self.log(f"towerkit serve: internal error on {request.method} {request.path}: {type(exc).__name__}: {exc}")
             return web.json_response({"error": f"internal error ({type(exc).__name__}); see the server's log."},
                                      status=500)
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout: float) -> None:
+        """Waits (at most ``timeout`` s) until no request has been in flight for a quiet period.
+
+        Called once the listening socket is closed: a connection accepted just before may still
+        be sending its request, so a moment without requests is awaited, not merely zero now.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            if self.in_flight:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= QUIET_SECONDS:
+                return
+            await asyncio.sleep(0.02)
 
     def _check_model(self, name: str, version: str | None) -> None:
         if name != self.name:
@@ -357,7 +379,8 @@ async def _serve(server: ModelServer, host: str, port: int, drain_seconds: float
         await runner.cleanup()
         raise RequestError(0, f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port "
                               "or stop what is using it.") from None
-    await web.SockSite(runner, sock).start()
+    site = web.SockSite(runner, sock)
+    await site.start()
     bound = sock.getsockname()[1]
     server.log(f"towerkit serve: model {server.name} on http://{host}:{bound}/v1/models/{server.name} (loading)")
     loading = loop.run_in_executor(None, server.load)
@@ -371,6 +394,8 @@ async def _serve(server: ModelServer, host: str, port: int, drain_seconds: float
         server.log(f"towerkit serve: model {server.name} loaded; ready on port {bound}")
         await stopped
     server.log("towerkit serve: stopping; finishing requests in flight")
+    await site.stop()  # no new connections; requests on open ones are still answered
+    await server.drain(drain_seconds)
     await runner.cleanup()
     server.coalescer.close()
     server.log("towerkit serve: stopped")
