@@ -61,10 +61,10 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         num_reordering_candidates: Candidates rescored exactly at the end; default 500.
         dimensions_per_block: Asymmetric-hashing block size; default 2.
         brute_force: Score every candidate (exactly, in ScaNN); default below 20k candidates.
-        target_recall: Tune ``num_leaves_to_search`` and ``num_reordering_candidates`` at build
-            time to the cheapest pair whose recall@k against exact search reaches this (e.g.
-            0.95), measured on a sample of real queries (see :meth:`tune_with`); the reached
-            recall and the choice are recorded in :meth:`parameters`.
+        target_recall: Recall@k to reach (e.g. 0.95); search effort is tuned to it at build time.
+            The cheapest ``num_leaves_to_search`` and ``num_reordering_candidates`` whose recall
+            against exact search reaches it are chosen, measured on a sample of real queries
+            (see :meth:`tune_with`); the reached recall and the choice go into :meth:`parameters`.
         tuning_sample: How many queries the tuning measures recall on (default 1,000).
         name: Layer name.
 
