@@ -201,3 +201,38 @@ def test_train_job_reports_chosen_baselines_and_the_validation_epoch(tmp_path):
     assert list(metrics["test"]) == ["model", "popularity", "ease(l2=50.0)"]
     assert 1 <= metrics["validation"]["best_epoch"] <= 4 and 0 <= metrics["validation"]["val_top_100"] <= 1
     assert "ease(l2=50.0)" in (tmp_path / "run" / "report.md").read_text()
+
+
+# The tutorial's row order ----------------------------------------------------------------------
+
+
+def test_auto_source_yields_tfds_writer_order_offline(tmp_path, monkeypatch):
+    """tfds writes records sorted by an md5 of each parser key salted with the split name; so must we."""
+    from conftest import write_grouplens
+    from tensorflow_datasets.core import hashing
+    from tensorflow_datasets.structured import movielens_parsing
+
+    from towerkit.datasets import fetch
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the tfds order must be prepared without downloading")
+
+    monkeypatch.setattr(fetch, "fetch_movielens_100k", no_network)
+    write_grouplens(tmp_path / "ml-100k")
+    parsed = list(movielens_parsing.parse_100k_ratings_data(str(tmp_path / "ml-100k")))
+    hasher = hashing.Hasher("train")
+    expected = [row for _, row in sorted(parsed, key=lambda pair: hasher.hash_key(pair[0]))]
+    assert [r["user_id"] for r in expected[:50]] != [r["user_id"] for _, r in parsed[:50]]  # the orders do differ
+
+    data = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path))
+    loaded = list(zip(data.interactions["user_id"].tolist(), data.interactions["movie_id"].tolist(),
+                      data.interactions["timestamp"].tolist()))
+    assert loaded == [(r["user_id"], r["movie_id"], int(r["timestamp"])) for r in expected]
+    assert "tfds order" in data.source and len(data.candidate_ids) == 40
+    # Cached in the data dir, and prepared again when the files change.
+    assert (tmp_path / "tfds-movielens-100k" / "source.json").is_file()
+    with open(tmp_path / "ml-100k" / "u.data", "a", encoding="ascii") as handle:
+        handle.write("1\t1\t5\t889999999\n" if (1, 1) not in {(int(r["user_id"]), int(r["movie_id"])) for r in expected}
+                     else "2\t40\t5\t889999999\n")
+    again = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path))
+    assert len(again.interactions["user_id"]) == len(expected) + 1
