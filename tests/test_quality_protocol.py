@@ -236,3 +236,77 @@ def test_auto_source_yields_tfds_writer_order_offline(tmp_path, monkeypatch):
                      else "2\t40\t5\t889999999\n")
     again = towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path))
     assert len(again.interactions["user_id"]) == len(expected) + 1
+
+
+# History towers --------------------------------------------------------------------------------
+
+
+def test_history_column_matches_a_row_by_row_definition():
+    from towerkit.datasets.history import history_column
+
+    rng = np.random.default_rng(0)
+    num = 600
+    users, times, items = rng.integers(0, 12, num).astype(str), rng.integers(0, 40, num), rng.integers(0, 30, num)
+    source = np.sort(rng.choice(num, 400, replace=False))
+    histories = history_column(users, times, items, source, 4)
+    in_source = set(source.tolist())
+    for row in range(num):
+        earlier = sorted((times[j], j) for j in range(num) if users[j] == users[row] and times[j] < times[row] and j in in_source)
+        assert histories[row].tolist() == [items[j] for _, j in earlier][-4:]
+
+
+@pytest.fixture(scope="module")
+def leave_last(tmp_path_factory):
+    from conftest import write_grouplens
+
+    directory = tmp_path_factory.mktemp("history")
+    write_grouplens(directory / "ml-100k")
+    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", split="leave-last",
+                                 validation_fraction=0.1, history_length=8)
+
+
+def test_no_example_sees_its_own_item_or_a_later_one_in_its_history(leave_last):
+    columns = leave_last.interactions
+    train = set(leave_last.train_rows.tolist())
+    rows_of = {}
+    for row in sorted(train):
+        rows_of.setdefault((columns["user_id"][row], int(columns["movie_id"][row])), []).append(row)
+    for row in range(len(columns["user_id"])):
+        history = columns["movie_history"][row].tolist()
+        assert int(columns["movie_id"][row]) not in history and len(history) <= 8
+        for movie in history:  # each history item is a training interaction of the same user, strictly earlier
+            assert any(columns["timestamp"][r] < columns["timestamp"][row] for r in rows_of[(columns["user_id"][row], movie)])
+    test_history = columns["movie_history"][leave_last.test_rows[0]]
+    assert len(test_history) == 8  # the fixture's users all have far more than 8 earlier ratings
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_history_tower_serves_an_unseen_user_from_their_history(leave_last, pooling, tmp_path):
+    import tensorflow as tf
+
+    from towerkit.datasets.base import to_tf_dataset
+
+    tf.keras.utils.set_random_seed(3)
+    model = towerkit.assemble(data=leave_last, query={"name": "history", "embedding_dim": 16, "pooling": pooling,
+                                                      "max_length": 5},
+                              candidate={"name": "movie", "embedding_dim": 16})
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
+    model.fit(to_tf_dataset(leave_last.train_features(model.feature_keys)).batch(256), epochs=2, verbose=0)
+    assert model.query_tower.feature_keys == ("movie_history",)  # no user id: any user can be served
+    histories = tf.ragged.constant([[1, 2, 3], [30, 31], [], [9, 9, 9, 9, 9, 9, 1, 2, 3]], dtype=tf.int64)
+    embedded = model.query_tower({"movie_history": histories}).numpy()
+    assert np.isfinite(embedded).all() and not np.allclose(embedded[0], embedded[1])
+    # Only the last max_length items count.
+    np.testing.assert_allclose(embedded[3], model.query_tower(
+        {"movie_history": tf.ragged.constant([[9, 9, 1, 2, 3]], dtype=tf.int64)}).numpy()[0], atol=1e-6)
+    index = towerkit.create_index("brute-force", query_model=model.query_tower, k=5)
+    index.index_from_dataset(tf.data.Dataset.zip((
+        tf.data.Dataset.from_tensor_slices(leave_last.candidate_ids).batch(64),
+        to_tf_dataset(leave_last.candidate_features).batch(64).map(model.candidate_tower))))
+    _, ids = index({"movie_history": histories[:2]})
+    assert ids.shape == (2, 5)
+    # Rebuilt from its config, it answers the same (the weights copied over).
+    rebuilt = type(model.query_tower).from_config(model.query_tower.get_config())
+    rebuilt({"movie_history": histories})
+    rebuilt.set_weights(model.query_tower.get_weights())
+    np.testing.assert_allclose(rebuilt({"movie_history": histories}).numpy(), embedded, atol=1e-6)

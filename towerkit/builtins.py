@@ -33,6 +33,11 @@ def register_towers(register):
         description="Any string id feature -> StringLookup + Embedding.",
     )
     register(
+        "history",
+        "towerkit.towers.history:HistoryTower",
+        description="Query tower over the query's item history (e.g. movie_history), mean or attention pooled.",
+    )
+    register(
         "features",
         "towerkit.towers.columns:features_tower",
         description="Generic tower: one encoder per column (id, categorical, multi, numeric, text, timestamp).",

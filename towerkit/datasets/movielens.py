@@ -10,6 +10,7 @@ import numpy as np
 
 from towerkit.datasets import fetch, grouplens, tfds_prepare
 from towerkit.datasets.base import RetrievalDataset, seed_split
+from towerkit.datasets.history import history_column
 from towerkit.datasets.splits import carve_validation, check_split, check_validation_fraction, leave_last
 from towerkit.errors import ConfigError, DataError
 
@@ -174,6 +175,9 @@ class MovieLens100K(RetrievalDataset):
             0 makes each user's second-to-last interaction validation instead.
         split: ``"random"`` (the tutorial's shuffle) or ``"leave-last"`` (each
             user's last interaction by time is test).
+        history_length: Above 0, adds ``movie_history``: for each interaction,
+            the movie ids (ints) its user rated strictly before it, in training
+            rows only, the last ``history_length`` of them (for the ``history`` tower).
 
     Example:
         >>> data = towerkit.load_dataset("movielens-100k")
@@ -192,6 +196,7 @@ class MovieLens100K(RetrievalDataset):
         train_fraction: float = 0.8,
         validation_fraction: float = 0.0,
         split: str = "random",
+        history_length: int = 0,
     ):
         if source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
@@ -205,6 +210,10 @@ class MovieLens100K(RetrievalDataset):
         else:
             train_rows, test_rows = seed_split(num_rows, train_fraction, split_seed)
             train_rows, validation_rows = carve_validation(train_rows, num_rows, validation_fraction)
+        if history_length:
+            interactions["movie_history"] = history_column(
+                interactions["user_id"], interactions["timestamp"], interactions["movie_id"].astype(np.int64),
+                train_rows, history_length)
         super().__init__(interactions, candidates, train_rows, test_rows)
         self.validation_rows = validation_rows
         self.split = split

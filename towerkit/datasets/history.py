@@ -1,0 +1,58 @@
+"""Each interaction's history: the items its query met strictly before it, capped at the last N.
+
+Computed once for every row, vectorised (sorts and cumulative sums, no loop
+over rows). Only ``source_rows`` (the training rows) ever enter a history, so
+no test or validation item is ever a model input; a row never sees its own
+item, nor any item at its own timestamp or later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from towerkit.validation import check_positive_int
+
+
+def history_column(query_ids: np.ndarray, times: np.ndarray, items: np.ndarray, source_rows: np.ndarray,
+                   max_length: int) -> np.ndarray:
+    """Per row, the (at most ``max_length``) latest source items of its query strictly before its time.
+
+    Args:
+        query_ids: Each row's query (user) id.
+        times: Each row's timestamp.
+        items: Each row's item, as an integer id.
+        source_rows: The rows whose items may appear in histories (the training rows).
+        max_length: The cap N: only the last N earlier items are kept, oldest first.
+
+    Returns:
+        An object array, one int64 array per row (oldest first; possibly empty).
+    """
+    check_positive_int(max_length, "history_length")
+    num_rows = len(query_ids)
+    _, codes = np.unique(query_ids, return_inverse=True)
+    order = np.lexsort((np.arange(num_rows), times, codes))
+    sorted_codes, sorted_times = codes[order], times[order]
+    # Where each run of one query at one timestamp starts: a row's history ends there (ties excluded).
+    new_run = np.ones(num_rows, dtype=bool)
+    new_run[1:] = (sorted_codes[1:] != sorted_codes[:-1]) | (sorted_times[1:] != sorted_times[:-1])
+    run_start = np.maximum.accumulate(np.where(new_run, np.arange(num_rows), 0))
+    new_query = np.ones(num_rows, dtype=bool)
+    new_query[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    query_start = np.maximum.accumulate(np.where(new_query, np.arange(num_rows), 0))
+
+    is_source = np.zeros(num_rows, dtype=bool)
+    is_source[source_rows] = True
+    sorted_source = is_source[order]
+    source_before = np.concatenate([[0], np.cumsum(sorted_source)])  # source rows before each sorted position
+    source_items = np.asarray(items)[order][sorted_source]
+    stop = source_before[run_start]
+    start = np.maximum(source_before[query_start], stop - max_length)
+    lengths = stop - start
+    # Flat gather of every history: start of each row's slice plus 0 .. length-1.
+    offsets = np.repeat(start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    flat = source_items[offsets + np.arange(lengths.sum())].astype(np.int64)
+    histories = np.empty(num_rows, dtype=object)
+    # Element by element: a slice assignment of equal-length arrays would make a 2-D array instead.
+    for row, history in zip(order.tolist(), np.split(flat, np.cumsum(lengths)[:-1]) if num_rows else []):
+        histories[row] = history
+    return histories
