@@ -165,6 +165,12 @@ def stage_index(ctx: RunContext) -> None:
     """Builds the recipe's index over every candidate and shows the example query's top 3."""
     ctx.log(f"building index {ctx.config['index']['name']} ...")
     ctx.index = build_index(ctx.model, ctx.data, ctx.config["index"])
+    params = ctx.index.parameters()
+    if "reached_recall" in params:
+        ctx.log(f"  tuned to recall@{params['k']} {params['reached_recall']:.3f} (target {params['target_recall']}): "
+                f"num_leaves_to_search={params.get('num_leaves_to_search')}, "
+                f"num_reordering_candidates={params.get('num_reordering_candidates')}")
+        ctx.metrics["index"] = params
     query = ctx.config["export"]["example_query"]
     ctx.example_top = _top_ids(ctx.index, ctx.example_features(), query)
     ctx.log(f"  top 3 for {ctx.query_keys[0]}={query!r}: {ctx.example_top}")
