@@ -20,7 +20,8 @@ import towerkit  # noqa: E402  (selects Keras 2)
 import tensorflow as tf  # noqa: E402
 
 from towerkit.embedding import embed  # noqa: E402
-from towerkit.pipeline import make_optimizer, training_dataset  # noqa: E402
+from towerkit.models import make_optimizer  # noqa: E402
+from towerkit.pipeline import training_dataset  # noqa: E402
 
 
 def peak_rss_gib() -> float:
