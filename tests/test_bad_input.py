@@ -26,7 +26,7 @@ from towerkit.models import build_index
 from towerkit.export_format import METADATA_FILE
 from towerkit.serving import load_export
 
-from conftest import make_zip, run_cli, write_grouplens
+from conftest import run_cli, write_grouplens
 
 
 @pytest.fixture()

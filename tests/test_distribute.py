@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
 from conftest import ROOT, recipe_text, run_python
 

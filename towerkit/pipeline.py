@@ -25,11 +25,11 @@ from towerkit import config as recipe_config
 from towerkit.checkpoints import check_identity, checkpointing, config_identity, discard_history, set_aside, trim_history
 from towerkit.components import load_dataset
 from towerkit.datasets.base import to_tf_dataset
-from towerkit.distribute import is_chief, make_strategy, worker_id
+from towerkit.distribute import fit_input, is_chief, make_strategy, worker_id
 from towerkit.errors import TowerkitError
 from towerkit.early_stopping import ValidationEarlyStopping
 from towerkit.evaluation import evaluate_all
-from towerkit.export import example_query_features, export_model
+from towerkit.export import export_model
 from towerkit.indexes.base import check_k
 from towerkit.models import build_index, build_model
 from towerkit.report import EpochEvaluation, write_markdown, write_png
@@ -133,12 +133,15 @@ def _callbacks(ctx: RunContext) -> tuple[list[Any], EpochEvaluation | None, int]
 def stage_fit(ctx: RunContext) -> None:
     """Trains for the recipe's epochs (from the last checkpoint when resuming)."""
     train = ctx.config["train"]
-    dataset = training_dataset(ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
+    # Under parameter-server, each worker builds its share of the input; elsewhere this is the dataset.
+    dataset, fit_options = fit_input(ctx.strategy, lambda: training_dataset(
+        ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"]),
+        len(ctx.data.train_rows), train["batch_size"])
     callbacks, curves, initial_epoch = _callbacks(ctx)
     ctx.log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
     tick = time.perf_counter()
     ctx.model.fit(dataset, epochs=train["epochs"], initial_epoch=initial_epoch,
-                  verbose=ctx.options.verbose, callbacks=callbacks)
+                  verbose=ctx.options.verbose, callbacks=callbacks, **fit_options)
     curve_seconds = (curves.seconds if curves else 0.0) + (ctx.stopper.seconds if getattr(ctx, "stopper", None) else 0.0)
     if getattr(ctx, "stopper", None):
         ctx.metrics["validation"] = ctx.stopper.summary()
@@ -301,7 +304,7 @@ def run(config: dict[str, Any], output_dir: str | os.PathLike, *, log: Callable[
     options = RunOptions(log=log, verbose=verbose, resume=resume, force=force,
                          checkpoint_every=checkpoint_every, tensorboard=tensorboard)
     train = config["train"]
-    strategy = make_strategy(train["strategy"], train["cluster_timeout"], log=log)
+    strategy = make_strategy(train["strategy"], train["cluster_timeout"], log=log, train=train)
     ctx = RunContext(config=config, output=Path(output_dir), options=options,
                      strategy=strategy, chief=is_chief(strategy))
     if ctx.chief:

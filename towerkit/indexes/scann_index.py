@@ -180,7 +180,7 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
     def _tune(self, candidates: np.ndarray) -> None:
         from scann.scann_ops.py import scann_ops
 
-        from towerkit.indexes.recall_tuning import aimed_recall, choose_search, exact_top_k
+        from towerkit.indexes.recall_tuning import aimed_recall, choose_search, exact_top_k, sample_queries
 
         queries = self._tuning_queries
         if queries is None:  # no real queries given: a sample of the candidates stands in
