@@ -122,3 +122,14 @@ def test_the_export_searches_with_the_tuned_parameters(gaussian, tmp_path):
     assert loaded.metadata["index"]["reached_recall"] == index.parameters()["reached_recall"]
     # Built for the widest search, the searcher would answer differently without the tuned overrides.
     np.testing.assert_array_equal(loaded.signature(q=tf.constant(held_out))["ids"].numpy(), expected)
+
+
+def test_without_real_queries_a_sample_of_the_candidates_tunes_the_search(gaussian):
+    """`create_index("scann", target_recall=...)` used directly, with no tune_with: it still reaches its target."""
+    candidates, _, held_out, exact = gaussian
+    index = towerkit.create_index("scann", k=K, target_recall=0.9)
+    index.index(candidates)
+    params = index.parameters()
+    assert params["target_reached"] is True and params["reached_recall"] >= 0.9
+    found = index(tf.constant(held_out))[1].numpy()
+    assert recall_at_k(found, exact) >= 0.85  # tuned on candidate-shaped queries, checked on held-out ones
