@@ -1,44 +1,67 @@
-"""Train + evaluate time: the TFRS tutorial's code as written against towerkit's basic-retrieval.
+"""Train and evaluate time: towerkit against the TFRS tutorial's code, and against implicit ALS.
 
-Both run in this one process, on the same MovieLens-100K and the same split.
-The seed side is a faithful reimplementation of the tutorial: tfds-style
-feature dicts, ``Sequential([StringLookup, Embedding])`` towers, a
-``Retrieval`` task with ``FactorizedTopK`` over ``movies.batch(128).map(movie_model)``,
-Adagrad 0.1, ``train.shuffle(100_000).batch(8192).cache()``, 3 epochs with the
-metrics computed in training exactly as written, then ``model.evaluate`` on
-``test.batch(4096).cache()``.
+Two suites, each side in fresh worker processes, interleaved, at least three
+runs each (medians and spread reported, with the machine's description):
 
-Usage: python benchmarks/train_bench.py [--repeats N]
+``seed`` (issue 18, target 1): the tutorial's code as written against
+towerkit's ``basic-retrieval`` through the train job itself (checkpoints
+included), on the same MovieLens-100K and split. The seed side is a faithful
+reimplementation of the tutorial: tfds-style feature dicts,
+``Sequential([StringLookup, Embedding])`` towers, a ``Retrieval`` task with
+``FactorizedTopK`` over ``movies.batch(128).map(movie_model)``, Adagrad 0.1,
+``train.shuffle(100_000).batch(8192).cache()``, 3 epochs with the metrics
+computed in training exactly as written, then ``model.evaluate`` on
+``test.batch(4096).cache()``. towerkit's evaluation time is the job's whole
+evaluate stage (the model, plus the popularity baseline it reports beside it).
+Targets: total and fit >= 5x faster, evaluation >= 10x faster, test top-100
+within 0.01 of the seed code's, and evaluation equal to NumPy to 1e-4.
 
-Targets (issue 9): total >= 5x faster, evaluation >= 10x faster, test top-100
-within +-0.01 of the seed code's, and evaluation equal to a NumPy computation
-from the same embeddings to 1e-4.
+``als`` (target 3): the default ``retrieval`` recipe's fit time against
+implicit's ALS tuned to the same quality. Quality is test top-100 with each
+user's training items left out (the protocol both are used for). ALS is tuned
+in the same run over a grid of factors, iterations, regularization and alpha;
+the cheapest configuration (by iterations x factors^2) whose quality is at
+least towerkit's minus 0.01 (the tolerance target 1 calls "the same") is then
+timed against towerkit. If none gets there, ALS's best configuration is used
+and the report says so. Both sides use both cores. Target: towerkit's fit
+<= 5x ALS's. Needs ``pip install 'towerkit[baselines]'``.
+
+Usage:
+    python benchmarks/train_bench.py [--suite seed|als|all] [--repeats 3] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import towerkit  # noqa: E402  (selects Keras 2 before TensorFlow loads)
-import tensorflow as tf  # noqa: E402
-import tensorflow_recommenders as tfrs  # noqa: E402
-
-from towerkit import config as recipe_config  # noqa: E402
-from towerkit.embedding import embed  # noqa: E402
-from towerkit.pipeline import run  # noqa: E402
+import benchlib  # noqa: E402
 
 KS = (1, 5, 10, 50, 100)
+SCRIPT = Path(__file__).resolve()
+QUALITY = "top_100"
+QUALITY_TOLERANCE = 0.01
+ALS_GRID = {"factors": (16, 32, 64), "iterations": (3, 5, 10, 15), "regularization": (0.01, 0.1, 1.0),
+            "alpha": (1.0, 10.0)}
 
 
 def seed_code(data) -> dict:
     """The tutorial's code, as written, on the same data and split."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
     tf.random.set_seed(42)
     ratings_all = tf.data.Dataset.from_tensor_slices(
         {k: v for k, v in data.interactions.items() if k != "movie_genres"}
@@ -87,32 +110,45 @@ def seed_code(data) -> dict:
     start = time.perf_counter()
     results = model.evaluate(cached_test, return_dict=True, verbose=0)
     evaluate = time.perf_counter() - start
-    return {
-        "fit": fit,
-        "evaluate": evaluate,
-        **{f"top_{k}": results[f"factorized_top_k/top_{k}_categorical_accuracy"] for k in KS},
-    }
+    return {"fit": fit, "evaluate": evaluate,
+            **{f"top_{k}": results[f"factorized_top_k/top_{k}_categorical_accuracy"] for k in KS}}
 
 
-def towerkit_recipe(data) -> dict:
-    """towerkit's basic-retrieval recipe through the train job itself (checkpoints included).
+def towerkit_job(recipe: str, overrides: list[str]) -> tuple[Any, dict]:
+    """Runs a shipped recipe through the train job (checkpoints included, no export or per-epoch curves)."""
+    from towerkit import config as recipe_config
+    from towerkit.pipeline import run
 
-    The per-epoch curve evaluation and the export are off: they are reports, not
-    training or evaluation, and the seed code has neither.
-    """
-    raw, origin = recipe_config.load_recipe("basic-retrieval")
-    raw = recipe_config.apply_overrides(raw, ["evaluate.every_epoch=false", "evaluate.exclude_train=false",
-                                              "export.enabled=false"])
+    raw, origin = recipe_config.load_recipe(recipe)
+    # The per-epoch curves and the export are reports, not training or evaluation,
+    # and the seed code has neither.
+    raw = recipe_config.apply_overrides(raw, ["evaluate.every_epoch=false", "export.enabled=false", *overrides])
     config = recipe_config.resolve(raw, origin)
     with tempfile.TemporaryDirectory() as output:
         result = run(config, output, log=lambda message: None, verbose=0)
-    timing, results = result.metrics["timing"], result.metrics["test"]["model"]["all"]
+    return result, result.metrics
+
+
+def towerkit_seed_recipe() -> dict:
+    """towerkit's basic-retrieval, protocol as the seed's (training items not excluded)."""
+    result, metrics = towerkit_job("basic-retrieval", ["evaluate.exclude_train=false"])
+    timing, results = metrics["timing"], metrics["test"]["model"]["all"]
     return {"fit": timing["fit_seconds"], "evaluate": timing["evaluate_seconds"], **results,
             "numpy_gap": numpy_gap(result.model, result.data, results)}
 
 
+def towerkit_default_recipe() -> dict:
+    """The default ``retrieval`` recipe: fit time and both protocols' quality."""
+    _, metrics = towerkit_job("retrieval", ["evaluate.exclude_train=true"])
+    model = metrics["test"]["model"]
+    return {"fit": metrics["timing"]["fit_seconds"], "quality": model["excluding_train"][QUALITY],
+            "quality_all": model["all"][QUALITY]}
+
+
 def numpy_gap(model, data, results) -> float:
     """Largest difference between towerkit's top-k and a float64 NumPy computation."""
+    from towerkit.embedding import embed
+
     queries = embed(model.query_tower, data.test_features(["user_id"])).numpy().astype(np.float64)
     candidates = embed(model.candidate_tower, {"movie_title": data.candidate_ids}).numpy().astype(np.float64)
     row_of = {}
@@ -124,33 +160,172 @@ def numpy_gap(model, data, results) -> float:
     return max(abs(results[f"top_{k}"] - float(np.mean(ranks < k))) for k in KS)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each side; the best time is kept")
-    args = parser.parse_args()
-    data = towerkit.load_dataset("movielens-100k")
-    seed_runs = [seed_code(data) for _ in range(args.repeats)]
-    ours_runs = [towerkit_recipe(data) for _ in range(args.repeats)]  # loads its own copy, as `towerkit train` does
-    seed = min(seed_runs, key=lambda r: r["fit"] + r["evaluate"])
-    ours = min(ours_runs, key=lambda r: r["fit"] + r["evaluate"])
-    for run in (seed, ours):
-        run["total"] = run["fit"] + run["evaluate"]
+def als_matrix(data) -> tuple[Any, np.ndarray]:
+    """The binary user x candidate-row training matrix (CSR) and each test example's user row."""
+    import scipy.sparse as sp
 
-    print(f"{'':22}{'seed code':>12}{'towerkit':>12}{'ratio':>9}")
-    for key in ("fit", "evaluate", "total"):
-        print(f"{key + ' (s)':22}{seed[key]:12.2f}{ours[key]:12.2f}{seed[key] / ours[key]:8.1f}x")
-    for k in KS:
-        print(f"{'test top-' + str(k):22}{seed[f'top_{k}']:12.4f}{ours[f'top_{k}']:12.4f}")
-    print()
-    checks = {
-        "total >= 5x faster": seed["total"] / ours["total"] >= 5,
-        "evaluate >= 10x faster": seed["evaluate"] / ours["evaluate"] >= 10,
-        "top-100 within 0.01 of the seed code": abs(seed["top_100"] - ours["top_100"]) <= 0.01,
-        "evaluation equals NumPy to 1e-4": ours["numpy_gap"] <= 1e-4,
-    }
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    from towerkit.evaluation import candidate_rows
+
+    users, user_rows = np.unique(data.interactions[data.query_id_key], return_inverse=True)
+    items = candidate_rows(data, data.interactions[data.candidate_id_key][data.train_rows])
+    known = items >= 0
+    train_users = user_rows[data.train_rows][known]
+    matrix = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (train_users, items[known])),
+                           shape=(len(users), len(data.candidate_ids)))
+    matrix.data[:] = 1.0  # repeated pairs count once
+    return matrix, user_rows[data.test_rows]
+
+
+def als_run(data, matrix, test_users, options: dict) -> dict:
+    """Fits implicit's ALS (both cores, BLAS single-threaded as implicit asks) and scores it like the model."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from towerkit.evaluation import topk_from_scores
+
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(**options, random_state=42, num_threads=0, calculate_training_loss=False)
+        start = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        fit = time.perf_counter() - start
+    users, items = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    result = topk_from_scores(data, lambda a, b: users[test_users[a:b]] @ items.T, KS, True)
+    return {"fit": fit, "quality": result.excluding_train[QUALITY], "quality_all": result.all[QUALITY]}
+
+
+def als_grid() -> list[dict]:
+    """Every ALS configuration of the grid with its quality and (single-run) fit time."""
+    import towerkit
+
+    data = towerkit.load_dataset("movielens-100k")
+    matrix, test_users = als_matrix(data)
+    rows = []
+    for values in itertools.product(*ALS_GRID.values()):
+        options = dict(zip(ALS_GRID, values))
+        rows.append({"options": options, **als_run(data, matrix, test_users, options)})
+    return rows
+
+
+def worker(kind: str, argument: str | None) -> None:
+    """One measurement in this fresh process; prints its result for benchlib.run_worker."""
+    import towerkit
+
+    if kind == "seed":
+        result = seed_code(towerkit.load_dataset("movielens-100k"))
+    elif kind == "towerkit-seed-recipe":
+        result = towerkit_seed_recipe()
+    elif kind == "towerkit-default-recipe":
+        result = towerkit_default_recipe()
+    elif kind == "als":
+        data = towerkit.load_dataset("movielens-100k")
+        result = als_run(data, *als_matrix(data), json.loads(argument))
+    elif kind == "als-grid":
+        result = {"grid": als_grid()}
+    else:
+        raise SystemExit(f"unknown worker {kind!r}")
+    benchlib.emit_result(result)
+
+
+def seed_suite(report: benchlib.Report, repeats: int) -> list[benchlib.Check]:
+    """Target 1: the seed's code against towerkit's basic-retrieval."""
+    runs = benchlib.interleave({"seed": lambda: benchlib.run_worker(SCRIPT, ["seed"]),
+                                "towerkit": lambda: benchlib.run_worker(SCRIPT, ["towerkit-seed-recipe"])}, repeats)
+    for side in runs.values():
+        for run in side:
+            run["total"] = run["fit"] + run["evaluate"]
+    summary = {side: {key: benchlib.summarize([r[key] for r in rs]) for key in ("fit", "evaluate", "total")}
+               for side, rs in runs.items()}
+    ratios = {key: summary["seed"][key]["median"] / summary["towerkit"][key]["median"]
+              for key in ("fit", "evaluate", "total")}
+    report.say()
+    report.say(f"seed suite: the tutorial's code vs towerkit basic-retrieval, {repeats} runs each, interleaved, "
+               "fresh processes; seconds, median [min-max]")
+    report.table(["", "seed code", "towerkit", "ratio"],
+                 [(f"{key} (s)", benchlib.timing_cell(summary["seed"][key]),
+                   benchlib.timing_cell(summary["towerkit"][key]), f"{ratios[key]:.1f}x")
+                  for key in ("fit", "evaluate", "total")], width=20)
+    quality = {side: {k: float(np.median([r[f"top_{k}"] for r in rs])) for k in KS} for side, rs in runs.items()}
+    report.table(["", "seed code", "towerkit"],
+                 [(f"test top-{k} (median)", f"{quality['seed'][k]:.4f}", f"{quality['towerkit'][k]:.4f}")
+                  for k in KS], width=20)
+    gap = max(r["numpy_gap"] for r in runs["towerkit"])
+    return [
+        benchlib.Check("total >= 5x faster than the seed code", ratios["total"], ">=", 5.0),
+        benchlib.Check("fit >= 5x faster than the seed code", ratios["fit"], ">=", 5.0),
+        benchlib.Check("evaluation >= 10x faster than FactorizedTopK", ratios["evaluate"], ">=", 10.0),
+        benchlib.Check("test top-100 within 0.01 of the seed code's (abs difference)",
+                       abs(quality["seed"][100] - quality["towerkit"][100]), "<=", 0.01),
+        benchlib.Check("evaluation equals NumPy to 1e-4 (largest gap x 1e4)", gap * 1e4, "<=", 1.0),
+    ]
+
+
+def pick_als(grid: list[dict], towerkit_quality: float) -> tuple[dict, bool]:
+    """The cheapest ALS configuration within the tolerance of towerkit's quality, or the best one."""
+    matching = [row for row in grid if row["quality"] >= towerkit_quality - QUALITY_TOLERANCE]
+    if matching:
+        cost = lambda row: (row["options"]["iterations"] * row["options"]["factors"] ** 2, row["fit"])  # noqa: E731
+        return min(matching, key=cost), True
+    return max(grid, key=lambda row: row["quality"]), False
+
+
+def als_suite(report: benchlib.Report, repeats: int) -> list[benchlib.Check]:
+    """Target 3: the default recipe's fit time against ALS tuned to the same quality."""
+    first = benchlib.run_worker(SCRIPT, ["towerkit-default-recipe"])
+    grid = benchlib.run_worker(SCRIPT, ["als-grid"])["grid"]
+    chosen, matched = pick_als(grid, first["quality"])
+    options = json.dumps(chosen["options"])
+    runs = benchlib.interleave({"towerkit": lambda: benchlib.run_worker(SCRIPT, ["towerkit-default-recipe"]),
+                                "als": lambda: benchlib.run_worker(SCRIPT, ["als", options])}, repeats)
+    fit = {side: benchlib.summarize([r["fit"] for r in rs]) for side, rs in runs.items()}
+    quality = {side: float(np.median([r["quality"] for r in rs])) for side, rs in runs.items()}
+    ratio = fit["towerkit"]["median"] / fit["als"]["median"]
+    report.say()
+    report.say(f"als suite: towerkit `retrieval` (default recipe) vs implicit ALS {chosen['options']}, "
+               f"{repeats} runs each, interleaved, fresh processes")
+    report.say(f"  ALS tuned over {len(grid)} configurations: "
+               + ("the cheapest within 0.01 of towerkit's quality" if matched else
+                  "none reached within 0.01 of towerkit's quality, so ALS's best is compared"))
+    best = max(grid, key=lambda row: row["quality"])
+    report.say(f"  best ALS in the grid: {best['options']} top-100 (train items excluded) {best['quality']:.4f}")
+    report.table(["", "towerkit", "ALS"],
+                 [("fit (s), median [min-max]", benchlib.timing_cell(fit["towerkit"]), benchlib.timing_cell(fit["als"])),
+                  ("top-100, train items excluded", f"{quality['towerkit']:.4f}", f"{quality['als']:.4f}"),
+                  ("top-100, all candidates", f"{np.median([r['quality_all'] for r in runs['towerkit']]):.4f}",
+                   f"{np.median([r['quality_all'] for r in runs['als']]):.4f}")], width=22)
+    report.say(f"  fit ratio towerkit / ALS: {ratio:.1f}x")
+    return [benchlib.Check("default recipe fit <= 5x ALS tuned to the same quality", ratio, "<=", 5.0)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("seed", "als", "all"), default="all")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved (at least 3)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/train_bench.txt")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker[0], args.worker[1] if len(args.worker) > 1 else None)
+        return 0
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3: a median of fewer runs is not a result")
+    import towerkit  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+    import tensorflow as tf  # noqa: F401  (only so the machine description shows TensorFlow's thread pools)
+
+    report = benchlib.Report("train_bench", sys.argv[1:] if argv is None else argv)
+    report.machine("machine (before)")
+    checks = []
+    if args.suite in ("seed", "all"):
+        checks += seed_suite(report, args.repeats)
+    if args.suite in ("als", "all"):
+        checks += als_suite(report, args.repeats)
+    report.say()
+    report.machine("machine (after)")
+    status = benchlib.finish(checks, args.check, report)
+    if not args.no_write:
+        print(f"written to {report.write()}")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
