@@ -310,3 +310,16 @@ def test_history_tower_serves_an_unseen_user_from_their_history(leave_last, pool
     rebuilt({"movie_history": histories})
     rebuilt.set_weights(model.query_tower.get_weights())
     np.testing.assert_allclose(rebuilt({"movie_history": histories}).numpy(), embedded, atol=1e-6)
+
+
+def test_registry_cooccurrence_equals_the_classic_function(tmp_path):
+    from conftest import write_grouplens
+
+    from towerkit.evaluation import cooccurrence_topk
+
+    write_grouplens(tmp_path / "ml-100k")
+    pairs = towerkit.load_dataset("movielens-100k-item2item", data_dir=str(tmp_path), source="files", window=2)
+    _, scorer = fit_baseline("cooccurrence", pairs)
+    queries = pairs.interactions[pairs.query_id_key][pairs.test_rows]
+    via_registry = topk_from_scores(pairs, lambda a, b: scorer(queries[a:b]), [1, 5, 10], True)
+    assert via_registry == cooccurrence_topk(pairs, [1, 5, 10], True)
