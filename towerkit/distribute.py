@@ -24,17 +24,24 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from towerkit.errors import ConfigError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
+STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
 # Jobs that take part in the collectives; an "evaluator" only reads checkpoints.
 COLLECTIVE_JOBS = ("chief", "worker")
 TASK_TYPES = (*COLLECTIVE_JOBS, "evaluator")
+# A parameter-server cluster: the chief coordinates, workers run steps, "ps" tasks hold the variables.
+PS_JOBS = ("chief", "worker", "ps")
+# How train.partitioner names TensorFlow's variable partitioners.
+PARTITIONERS = ("min-size", "fixed-shards")
+DEFAULT_MIN_SHARD_BYTES = 256 << 10  # TensorFlow's own default
+# Seconds a worker or ps task keeps serving after its chief stopped answering.
+CHIEF_GONE_SECONDS = 5.0
 TF_CONFIG_KEYS = ("cluster", "task", "rpc_layer", "environment")
 DEFAULT_CLUSTER_TIMEOUT = 120.0
 PROBE_INTERVAL = 0.25
@@ -49,6 +56,7 @@ class Cluster:
     jobs: dict[str, list[str]]
     task_type: str
     task_index: int
+    parameter_server: bool = False
 
     @property
     def own_address(self) -> str:
@@ -56,7 +64,14 @@ class Cluster:
 
     @property
     def peers(self) -> list[str]:
-        """The other collective members' addresses, which must be up before the strategy starts."""
+        """The addresses that must be up before the strategy starts.
+
+        In a parameter-server cluster only the chief waits, for every worker and ps task.
+        """
+        if self.parameter_server:
+            if self.task_type != "chief":
+                return []
+            return [address for job in ("worker", "ps") for address in self.jobs[job]]
         if self.task_type not in COLLECTIVE_JOBS:
             return []
         return [address for job in COLLECTIVE_JOBS for index, address in enumerate(self.jobs.get(job, []))
@@ -80,29 +95,41 @@ def split_address(address: Any, where: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _check_jobs(cluster: Any) -> dict[str, list[str]]:
+def _check_jobs(cluster: Any, parameter_server: bool = False) -> dict[str, list[str]]:
     if not isinstance(cluster, dict) or not cluster:
         raise _fail(f'"cluster" must map job names to lists of addresses, got {cluster!r:.60}')
+    allowed = PS_JOBS if parameter_server else TASK_TYPES
     for job, addresses in cluster.items():
-        if job not in TASK_TYPES:
-            raise _fail(f'has job {job!r:.40}, but a multi-worker run has only {", ".join(TASK_TYPES)} jobs')
+        if job not in allowed:
+            kind = "parameter-server" if parameter_server else "multi-worker"
+            hint = " (ps tasks belong to strategy parameter-server)" if job == "ps" else ""
+            raise _fail(f'has job {job!r:.40}, but a {kind} run has only {", ".join(allowed)} jobs{hint}')
         if not isinstance(addresses, list) or not addresses:
             raise _fail(f'job "{job}" must be a non-empty list of "host:port" addresses, got {addresses!r:.60}')
         for index, address in enumerate(addresses):
             split_address(address, f'address {index} of job "{job}"')
-    if not any(job in cluster for job in COLLECTIVE_JOBS):
+    if parameter_server:
+        missing = [job for job in PS_JOBS if job not in cluster]
+        if missing:
+            raise _fail(f'of strategy parameter-server needs "chief", "worker" and "ps" jobs; it lacks "{missing[0]}"')
+    elif not any(job in cluster for job in COLLECTIVE_JOBS):
         raise _fail('"cluster" needs a "worker" (or "chief") job')
     if len(cluster.get("chief", [])) > 1:
         raise _fail('may have at most one "chief"')
     return {job: list(addresses) for job, addresses in cluster.items()}
 
 
-def read_tf_config(text: str | None = None) -> Cluster:
-    """Parses and checks ``TF_CONFIG`` (default: the environment's); raises ConfigError for any fault."""
+def read_tf_config(text: str | None = None, strategy: str = "multi-worker") -> Cluster:
+    """Parses and checks ``TF_CONFIG`` (default: the environment's) for ``strategy``.
+
+    Raises:
+        ConfigError: For any fault, in one line.
+    """
     text = os.environ.get("TF_CONFIG", "") if text is None else text
+    parameter_server = strategy == "parameter-server"
     if not text.strip():
         raise ConfigError(
-            "strategy 'multi-worker' needs TF_CONFIG describing the cluster and this worker's task; "
+            f"strategy '{strategy}' needs TF_CONFIG describing the cluster and this task; "
             "set it (see the README's 'Scaling out') or use strategy 'mirrored' on one machine."
         )
     try:
@@ -114,7 +141,7 @@ def read_tf_config(text: str | None = None) -> Cluster:
     unknown = [key for key in value if key not in TF_CONFIG_KEYS]
     if unknown:
         raise _fail(f"has unknown key {unknown[0]!r:.40} (keys: {', '.join(TF_CONFIG_KEYS)})")
-    jobs = _check_jobs(value.get("cluster"))
+    jobs = _check_jobs(value.get("cluster"), parameter_server)
     task = value.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise _fail(f'needs "task": {{"type": ..., "index": ...}} naming this process, got {task!r:.60}')
@@ -124,7 +151,7 @@ def read_tf_config(text: str | None = None) -> Cluster:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(jobs[task_type]):
         raise _fail(f'task index {index!r:.20} is not an index into job "{task_type}" '
                     f"(0 to {len(jobs[task_type]) - 1})")
-    return Cluster(jobs, task_type, index)
+    return Cluster(jobs, task_type, index, parameter_server)
 
 
 def check_cluster_timeout(timeout: Any) -> float:
@@ -210,7 +237,8 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable[[str], None] 
     if not pending:
         return
     if log:
-        log(f"waiting up to {timeout:g} s for {len(pending)} other worker(s) in TF_CONFIG ...")
+        kind = "task(s)" if cluster.parameter_server else "worker(s)"
+        log(f"waiting up to {timeout:g} s for {len(pending)} other {kind} in TF_CONFIG ...")
     reasons: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     listener = _placeholder_listener(cluster)
@@ -225,7 +253,7 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable[[str], None] 
                     reasons[address] = reason
             if pending and time.monotonic() >= deadline:
                 raise ConfigError(
-                    f"worker {pending[0]} in TF_CONFIG did not answer within {timeout:g} s "
+                    f"{'task' if cluster.parameter_server else 'worker'} {pending[0]} in TF_CONFIG did not answer within {timeout:g} s "
                     f"({reasons[pending[0]]}){f' (and {len(pending) - 1} more)' if len(pending) > 1 else ''}; "
                     "start towerkit on every worker with the same TF_CONFIG, or raise train.cluster_timeout."
                 )
@@ -270,8 +298,131 @@ def _multi_worker(timeout: float, log: Callable[[str], None] | None) -> "tf.dist
     return strategy
 
 
+def check_partitioning(train: Mapping[str, Any]) -> tuple[str, int, int]:
+    """(partitioner, num_shards, min_shard_bytes) from a recipe's ``train`` section, checked.
+
+    ``num_shards`` 0 means one shard per parameter server.
+    """
+    name = train.get("partitioner", "min-size")
+    if name not in PARTITIONERS:
+        raise ConfigError(f"train.partitioner must be one of {', '.join(PARTITIONERS)}, got {name!r:.40}; "
+                          "min-size shards a table only where it is large, fixed-shards always.")
+    values = []
+    for key, default, least in (("num_shards", 0, 0), ("min_shard_bytes", DEFAULT_MIN_SHARD_BYTES, 1)):
+        value = train.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 2**40:
+            raise ConfigError(f"train.{key} must be an integer of at least {least}, got {value!r:.40}"
+                              f"{' (0: one shard per parameter server)' if key == 'num_shards' else ''}.")
+        values.append(value)
+    return name, values[0], values[1]
+
+
+def make_partitioner(train: Mapping[str, Any], num_ps: int) -> Any:
+    """TensorFlow's variable partitioner that ``train.partitioner`` names, for ``num_ps`` parameter servers."""
+    import tensorflow as tf
+
+    name, num_shards, min_shard_bytes = check_partitioning(train)
+    shards = num_shards or num_ps
+    if name == "fixed-shards":
+        return tf.distribute.experimental.partitioners.FixedShardsPartitioner(shards)
+    return tf.distribute.experimental.partitioners.MinSizePartitioner(min_shard_bytes=min_shard_bytes,
+                                                                      max_shards=shards)
+
+
+def _serve_task(cluster: Cluster, timeout: float, log: Callable[[str], None] | None) -> None:
+    """Runs this worker or ps task's TensorFlow server until the chief has finished, then exits.
+
+    The chief drives everything; this process only has to stay up. It waits
+    (up to ``timeout``) for the chief to answer, then serves until the chief has
+    stopped answering for :data:`CHIEF_GONE_SECONDS`.
+    """
+    import tensorflow as tf
+
+    say = log or (lambda message: None)
+    tf.distribute.Server(tf.train.ClusterSpec(cluster.jobs), job_name=cluster.task_type,
+                         task_index=cluster.task_index, protocol="grpc", start=True)
+    chief = cluster.jobs["chief"][0]
+    say(f"serving as {cluster.task_type} {cluster.task_index} of the parameter-server cluster "
+        f"({cluster.own_address}) until the chief ({chief}) finishes")
+    deadline, last_seen, seen = time.monotonic() + timeout, 0.0, False
+    with _SigtermExit(lambda: f"the chief {chief} to finish"):
+        while True:
+            if _reachable(chief, 1.0) is None:
+                seen, last_seen = True, time.monotonic()
+            elif seen and time.monotonic() - last_seen > CHIEF_GONE_SECONDS:
+                break
+            elif not seen and time.monotonic() > deadline:
+                raise ConfigError(f"the chief {chief} in TF_CONFIG did not answer within {timeout:g} s; start "
+                                  "towerkit on the chief with the same TF_CONFIG, or raise train.cluster_timeout.")
+            time.sleep(PROBE_INTERVAL * 2)
+    say("the chief has finished; this task stops")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # TensorFlow's server has no clean shutdown; its threads would keep the interpreter alive.
+    os._exit(0)
+
+
+def _parameter_server(train: Mapping[str, Any], timeout: float,
+                      log: Callable[[str], None] | None) -> "tf.distribute.Strategy":
+    cluster = read_tf_config(strategy="parameter-server")
+    check_partitioning(train)
+    if cluster.task_type != "chief":
+        _serve_task(cluster, timeout, log)
+    wait_for_peers(cluster, timeout, log)
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster.jobs), task_type="chief", task_id=0, rpc_layer="grpc")
+    watchdog = _start_watchdog(timeout)
+    try:
+        return tf.distribute.ParameterServerStrategy(
+            resolver, variable_partitioner=make_partitioner(train, len(cluster.jobs["ps"])))
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
+def is_parameter_server(strategy: Any) -> bool:
+    """Whether ``strategy`` is TensorFlow's ParameterServerStrategy (steps go through its coordinator)."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def fit_input(strategy: Any, make_dataset: Callable[[], Any], rows: int,
+              batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """What ``model.fit`` takes under ``strategy``: (x, extra keyword arguments).
+
+    Under a parameter-server strategy each worker builds its own input: a
+    ``DatasetCreator`` whose function runs on every worker, keeps that worker's
+    share of the batches (every n-th) and repeats, and ``steps_per_epoch``
+    makes one epoch the size of the training data, shared by all workers.
+    Elsewhere the dataset is passed as it is.
+    """
+    if not is_parameter_server(strategy):
+        return make_dataset(), {}
+    import tensorflow as tf
+
+    def per_worker(context: "tf.distribute.InputContext") -> "tf.data.Dataset":
+        return make_dataset().shard(context.num_input_pipelines, context.input_pipeline_id).repeat()
+
+    steps = max(1, -(-rows // batch_size))
+    return tf.keras.utils.experimental.DatasetCreator(per_worker), {"steps_per_epoch": steps}
+
+
+def variable_placement(model: Any) -> dict[str, list[str]]:
+    """Each trainable variable's name (shards gathered under one name) and the devices holding it."""
+    placement: dict[str, list[str]] = {}
+    for variable in model.trainable_variables:
+        name = variable.name.split(":")[0]
+        base = name.rsplit("/part_", 1)[0] if "/part_" in name else name
+        placement.setdefault(base, []).append(variable.device)
+    return placement
+
+
 def make_strategy(name: str, cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
-                  log: Callable[[str], None] | None = None) -> "tf.distribute.Strategy":
+                  log: Callable[[str], None] | None = None,
+                  train: Mapping[str, Any] | None = None) -> "tf.distribute.Strategy":
     """Returns TensorFlow's strategy for a name.
 
     * ``default``: one device (``tf.distribute.get_strategy()``).
@@ -279,17 +430,26 @@ def make_strategy(name: str, cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
       into several logical devices.
     * ``multi-worker``: ``MultiWorkerMirroredStrategy``, configured from
       ``TF_CONFIG``, once every peer answers (see :func:`wait_for_peers`).
+    * ``parameter-server``: ``ParameterServerStrategy`` from ``TF_CONFIG``
+      with chief, worker and ps jobs; variables are sharded over the ps tasks
+      by ``train.partitioner``. On the chief it returns the strategy once every
+      worker and ps task answers. On a worker or ps task it does not return:
+      the process serves TensorFlow's server until the chief finishes, then exits 0.
 
     Args:
         name: One of :data:`STRATEGIES`.
-        cluster_timeout: Seconds to wait for multi-worker peers (``train.cluster_timeout``).
-        log: Receives a line before a multi-worker run starts waiting.
+        cluster_timeout: Seconds to wait for the cluster's peers (``train.cluster_timeout``).
+        log: Receives a line before a cluster run starts waiting.
+        train: The recipe's ``train`` section, for the parameter-server partitioner
+            (``partitioner``, ``num_shards``, ``min_shard_bytes``).
     """
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r:.40}; choose one of {', '.join(STRATEGIES)}.")
     timeout = check_cluster_timeout(cluster_timeout)
     if name == "multi-worker":
         return _multi_worker(timeout, log)
+    if name == "parameter-server":
+        return _parameter_server(train or {}, timeout, log)
     import tensorflow as tf
 
     if name == "mirrored":
