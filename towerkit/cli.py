@@ -433,7 +433,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to OUTPUT/tensorboard")
     parser.add_argument("--force", action="store_true",
                         help="move another configuration's checkpoints in OUTPUT aside instead of refusing")
-    parser.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"),
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multi-worker", "parameter-server"),
                         help="tf.distribute strategy (overrides train.strategy)")
 
 

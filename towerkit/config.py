@@ -38,6 +38,11 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         # Epochs without a better validation top-k before stopping (0: off); the best epoch is kept.
         "early_stopping_patience": (int, 0),
         "early_stopping_metric": (str, "top_100"),
+        # strategy "parameter-server": how embedding tables are sharded over the ps tasks
+        # ("min-size" or "fixed-shards"; num_shards 0 = one shard per ps task).
+        "partitioner": (str, "min-size"),
+        "num_shards": (int, 0),
+        "min_shard_bytes": (int, 256 << 10),
     },
     "evaluate": {
         "batch_size": (int, 4096),
@@ -391,10 +396,11 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
         check_recipe_name(config["recipe"]["name"], f"recipe.name in {origin}")
     if config["optimizer"]["name"].lower() not in OPTIMIZERS:
         raise _unknown_key(config["optimizer"]["name"], list(OPTIMIZERS), f"optimizer.name of {origin}")
-    from towerkit.distribute import STRATEGIES
+    from towerkit.distribute import STRATEGIES, check_partitioning
 
     if config["train"]["strategy"] not in STRATEGIES:
         raise _unknown_key(config["train"]["strategy"], list(STRATEGIES), f"train.strategy of {origin}")
+    check_partitioning(config["train"])
     if config["model"]["style"] not in STYLES:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, "
                           f"got {_show(config['model']['style'])}.")
