@@ -109,14 +109,19 @@ def towerkit_gradients(model: Any, batch: dict[str, tf.Tensor]) -> Callable[[], 
     return step
 
 
-def timed(step: Callable[[], Any], steps: int) -> Callable[[], float]:
-    """Seconds per step, averaged over ``steps`` consecutive steps."""
+def timed(step: Callable[[], Any], steps: int) -> Callable[[], tuple[float, float]]:
+    """Wall and process-CPU seconds per step, averaged over ``steps`` consecutive steps.
 
-    def sample() -> float:
-        start = time.perf_counter()
+    CPU time counts every thread of this process: on a quiet machine it is
+    about cores x wall when the step keeps the cores busy, and unlike wall
+    time it hardly moves when other processes load the machine.
+    """
+
+    def sample() -> tuple[float, float]:
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             step()
-        return (time.perf_counter() - start) / steps
+        return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
     return sample
 
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         step()
         step()
     samples = benchlib.interleave({name: timed(step, args.steps) for name, step in sides.items()}, args.rounds)
-    summaries = {name: benchlib.summarize(values) for name, values in samples.items()}
+    summaries = {name: benchlib.summarize([wall for wall, _ in values]) for name, values in samples.items()}
+    cpu = {name: benchlib.summarize([used for _, used in values]) for name, values in samples.items()}
 
     floor_name = min(("bare, autodiff", "bare, autodiff, XLA"), key=lambda n: summaries[n]["median"])
     floor = summaries[floor_name]["median"]
@@ -160,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     report.say()
     report.say(f"batch {args.batch}, d={args.dim}, recipe {args.recipe} on {args.dataset}; "
                f"{args.rounds} interleaved rounds of {args.steps} steps each")
-    report.table(["step", "ms median [min-max]", "x floor"],
-                 [(name, benchlib.timing_cell(s, 1000, 1), f"{s['median'] / floor:.2f}")
-                  for name, s in summaries.items()], width=22)
+    report.table(["step", "wall ms, median [min-max]", "x floor", "CPU ms, median"],
+                 [(name, benchlib.timing_cell(s, 1000, 1), f"{s['median'] / floor:.2f}",
+                   f"{cpu[name]['median'] * 1000:.1f}") for name, s in summaries.items()], width=26)
     report.say(f"floor: {floor_name}")
     report.say()
     report.machine("machine (after)")
