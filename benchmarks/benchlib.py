@@ -154,7 +154,7 @@ class Check:
         raise ValueError(f"unknown comparison {self.op!r}")
 
     def line(self) -> str:
-        return f"{'PASS' if self.ok else 'FAIL'}  {self.name} ({self.value:.2f})"
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name} ({self.value:.3g})"
 
 
 class Report:

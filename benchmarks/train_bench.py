@@ -11,8 +11,10 @@ reimplementation of the tutorial: tfds-style feature dicts,
 ``FactorizedTopK`` over ``movies.batch(128).map(movie_model)``, Adagrad 0.1,
 ``train.shuffle(100_000).batch(8192).cache()``, 3 epochs with the metrics
 computed in training exactly as written, then ``model.evaluate`` on
-``test.batch(4096).cache()``. towerkit's evaluation time is the job's whole
-evaluate stage (the model, plus the popularity baseline it reports beside it).
+``test.batch(4096).cache()``. towerkit's evaluation time is its model's
+evaluation inside the job (the seed's ``model.evaluate`` evaluates the model
+and nothing else); the job's whole evaluate stage, which also scores the
+popularity baseline, is reported beside it and counts in towerkit's total.
 Targets: total and fit >= 5x faster, evaluation >= 10x faster, test top-100
 within 0.01 of the seed code's, and evaluation equal to NumPy to 1e-4.
 
@@ -130,11 +132,35 @@ def towerkit_job(recipe: str, overrides: list[str]) -> tuple[Any, dict]:
 
 
 def towerkit_seed_recipe() -> dict:
-    """towerkit's basic-retrieval, protocol as the seed's (training items not excluded)."""
-    result, metrics = towerkit_job("basic-retrieval", ["evaluate.exclude_train=false"])
+    """towerkit's basic-retrieval, protocol as the seed's (training items not excluded).
+
+    ``evaluate`` is the model's own evaluation inside the job (what the seed's
+    ``model.evaluate`` does, tower tracing included), timed by wrapping
+    :func:`towerkit.evaluation.evaluate_topk`; ``evaluate_stage`` is the job's
+    whole evaluate stage, which also scores the popularity baseline.
+    """
+    from towerkit import evaluation
+
+    model_seconds = []
+    evaluate_topk = evaluation.evaluate_topk
+
+    def timed_evaluate_topk(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return evaluate_topk(*args, **kwargs)
+        finally:
+            model_seconds.append(time.perf_counter() - start)
+
+    evaluation.evaluate_topk = timed_evaluate_topk
+    try:
+        result, metrics = towerkit_job("basic-retrieval", ["evaluate.exclude_train=false"])
+    finally:
+        evaluation.evaluate_topk = evaluate_topk
+    if len(model_seconds) != 1:
+        raise RuntimeError(f"expected one model evaluation in the job, timed {len(model_seconds)}")
     timing, results = metrics["timing"], metrics["test"]["model"]["all"]
-    return {"fit": timing["fit_seconds"], "evaluate": timing["evaluate_seconds"], **results,
-            "numpy_gap": numpy_gap(result.model, result.data, results)}
+    return {"fit": timing["fit_seconds"], "evaluate": model_seconds[0], "evaluate_stage": timing["evaluate_seconds"],
+            **results, "numpy_gap": numpy_gap(result.model, result.data, results)}
 
 
 def towerkit_default_recipe() -> dict:
@@ -230,24 +256,27 @@ def seed_suite(report: benchlib.Report, repeats: int) -> list[benchlib.Check]:
     """Target 1: the seed's code against towerkit's basic-retrieval."""
     runs = benchlib.interleave({"seed": lambda: benchlib.run_worker(SCRIPT, ["seed"]),
                                 "towerkit": lambda: benchlib.run_worker(SCRIPT, ["towerkit-seed-recipe"])}, repeats)
+    for run in runs["seed"]:
+        run["evaluate_stage"] = run["evaluate"]  # the seed evaluates its model and nothing else
     for side in runs.values():
         for run in side:
-            run["total"] = run["fit"] + run["evaluate"]
-    summary = {side: {key: benchlib.summarize([r[key] for r in rs]) for key in ("fit", "evaluate", "total")}
-               for side, rs in runs.items()}
-    ratios = {key: summary["seed"][key]["median"] / summary["towerkit"][key]["median"]
-              for key in ("fit", "evaluate", "total")}
+            run["total"] = run["fit"] + run["evaluate_stage"]
+    keys = ("fit", "evaluate", "evaluate_stage", "total")
+    labels = {"fit": "fit (s)", "evaluate": "evaluate, model (s)", "evaluate_stage": "evaluate stage (s)",
+              "total": "total (s)"}
+    summary = {side: {key: benchlib.summarize([r[key] for r in rs]) for key in keys} for side, rs in runs.items()}
+    ratios = {key: summary["seed"][key]["median"] / summary["towerkit"][key]["median"] for key in keys}
     report.say()
     report.say(f"seed suite: the tutorial's code vs towerkit basic-retrieval, {repeats} runs each, interleaved, "
                "fresh processes; seconds, median [min-max]")
+    report.say("  towerkit's evaluate stage also scores the popularity baseline; its total is fit + that stage")
     report.table(["", "seed code", "towerkit", "ratio"],
-                 [(f"{key} (s)", benchlib.timing_cell(summary["seed"][key]),
-                   benchlib.timing_cell(summary["towerkit"][key]), f"{ratios[key]:.1f}x")
-                  for key in ("fit", "evaluate", "total")], width=20)
+                 [(labels[key], benchlib.timing_cell(summary["seed"][key]),
+                   benchlib.timing_cell(summary["towerkit"][key]), f"{ratios[key]:.1f}x") for key in keys], width=24)
     quality = {side: {k: float(np.median([r[f"top_{k}"] for r in rs])) for k in KS} for side, rs in runs.items()}
     report.table(["", "seed code", "towerkit"],
                  [(f"test top-{k} (median)", f"{quality['seed'][k]:.4f}", f"{quality['towerkit'][k]:.4f}")
-                  for k in KS], width=20)
+                  for k in KS], width=24)
     gap = max(r["numpy_gap"] for r in runs["towerkit"])
     return [
         benchlib.Check("total >= 5x faster than the seed code", ratios["total"], ">=", 5.0),
