@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml examples/plugins/towerkit-hashing/pyproject.toml examples/plugins/towerkit-faiss/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,plot]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,plot,baselines]"
 	# The example plugins, installed for real (entry points), as their authors would ship them.
 	$(BIN)/python -m pip install -q --disable-pip-version-check \
 		-e examples/plugins/towerkit-hashing -e examples/plugins/towerkit-faiss
