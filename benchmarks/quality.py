@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/quality.py [--protocol random leave-last] [--seeds 42 43 44] [--quick]
-                                 [--variants default,...] [--threads 1]
+                                 [--variants default,...] [--systems model als ease popularity] [--threads 1]
 
 Every choice is made on a validation carve of train and the test split is
 evaluated once per system and seed, at the end:
@@ -68,6 +68,7 @@ HISTORY_VARIANTS = {
 }
 HISTORY_TOWER = ['query_tower.name="history"', "query_tower.embedding_dim=32", "query_tower.l2=0.0"]
 HISTORY_LENGTH = 50
+SYSTEMS = ("model", "als", "ease", "popularity")
 MAX_EPOCHS = 20
 PATIENCE = 3
 
@@ -148,7 +149,8 @@ def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tun
     return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, {epochs} epochs"
 
 
-def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None) -> dict[str, tuple]:
+def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None,
+             systems: tuple[str, ...] = SYSTEMS) -> dict[str, tuple]:
     """Every system's test figures, fit time and picked setting for one seed."""
     tuning, final = load(protocol, seed, True), load(protocol, seed, False)
     ease_grid = EASE_GRID[1:4] if quick else EASE_GRID
@@ -160,11 +162,16 @@ def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None) 
     chosen = {k: v for k, v in candidates.items() if variants is None or k in variants}
     if quick:
         chosen = dict(list(chosen.items())[:1])
-    rows = {label: tune_model("retrieval", chosen, shared, tuning, final, seed)}
-    rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final)
-    rows["EASE"] = tune_baseline(ease_grid, tuning, final)
-    popularity, seconds = score_baseline("popularity", final, "test")
-    rows["popularity"] = (popularity, seconds, "-")
+    rows = {}
+    if "model" in systems:
+        rows[label] = tune_model("retrieval", chosen, shared, tuning, final, seed)
+    if "als" in systems:
+        rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final)
+    if "ease" in systems:
+        rows["EASE"] = tune_baseline(ease_grid, tuning, final)
+    if "popularity" in systems:
+        popularity, seconds = score_baseline("popularity", final, "test")
+        rows["popularity"] = (popularity, seconds, "-")
     return rows
 
 
@@ -187,6 +194,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--variants", default=None, help="comma-separated variant names to try (default: all)")
     parser.add_argument("--quick", action="store_true", help="small grids, one variant: a smoke run")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
+                        help="which rows to measure (the baselines alone take a few minutes)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra/inter-op threads (0: TF's default)")
     args = parser.parse_args()
     if args.threads:
@@ -196,7 +205,7 @@ def main() -> None:
     started = time.perf_counter()
     load_before = os.getloadavg()
     for protocol in args.protocol:
-        runs = [run_seed(protocol, seed, args.quick, variants) for seed in args.seeds]
+        runs = [run_seed(protocol, seed, args.quick, variants, tuple(args.systems)) for seed in args.seeds]
         print_table(protocol, runs, args.seeds, print)
     print(f"\nmachine: {os.cpu_count()} cores; load average before {load_before[0]:.1f}, after "
           f"{os.getloadavg()[0]:.1f}; total {time.perf_counter() - started:.0f} s")
