@@ -109,9 +109,12 @@ def _tensorflow_threads() -> dict[str, Any]:
     tf = sys.modules.get("tensorflow")
     if tf is None:
         return {"tensorflow": "not imported"}
+    def pool(size: int) -> str:
+        return str(size) if size else "0 (one per core)"
+
     return {"tensorflow": tf.__version__,
-            "intra-op threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter-op threads": tf.config.threading.get_inter_op_parallelism_threads()}
+            "intra-op threads": pool(tf.config.threading.get_intra_op_parallelism_threads()),
+            "inter-op threads": pool(tf.config.threading.get_inter_op_parallelism_threads())}
 
 
 def describe_machine() -> dict[str, Any]:
