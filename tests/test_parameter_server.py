@@ -143,8 +143,14 @@ def test_chief_two_workers_two_ps_shard_tables_survive_a_killed_worker_and_expor
     assert result["history_rows"] == TRAIN["epochs"]
     assert "Putting back a closure after it failed" in stderr or "as worker failure" in stderr, stderr[-3000:]
     assert "Worker /job:worker/replica:0/task:1 has been recovered" in stderr, stderr[-3000:]
-    # The export gathered the shards into a plain SavedModel that serves here, with no cluster.
+    # The export gathered the shards into a plain SavedModel that serves here, with no cluster:
+    # the query table is saved whole (every user plus the OOV row), not as two parts.
+    import tensorflow as tf
     from towerkit.serving import load_export
+
+    saved = dict(tf.train.list_variables(str(output / "model" / "variables" / "variables")))
+    tables = [shape for name, shape in saved.items() if name.startswith("query_model/") and "embedding" in name]
+    assert tables and tables[0][0] > DATASET["num_users"] * 0.95, saved
 
     scores, ids = load_export(output / "model").recommend({"user_id": ["user 1"]})
     assert [i.decode() for i in ids[0]] == result["top_ids"]

@@ -45,14 +45,30 @@ def _slice(features: Features, rows: np.ndarray) -> Features:
     return {k: v[rows] for k, v in features.items()}
 
 
+def _ascii_bytes(values: np.ndarray) -> np.ndarray:
+    """A unicode column as fixed-width bytes when it is all ASCII (the same tf.string values).
+
+    TensorFlow converts a NumPy unicode array through a transient about twice
+    its size; a bytes array it copies directly (measured at 8M rows: +0.33 GiB
+    against none).
+    """
+    try:
+        return values.astype(f"S{max(1, values.itemsize // 4)}")
+    except UnicodeEncodeError:
+        return values
+
+
 def to_tf_dataset(features: Mapping[str, Any]) -> tf.data.Dataset:
     """A tf.data.Dataset of feature dicts from column arrays (lists become ragged)."""
     columns = {}
     for key, values in features.items():
-        if isinstance(values, np.ndarray) and values.dtype != object:
+        if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+            # A tensor first: from_tensor_slices would convert the array through a transient copy.
+            columns[key] = tf.constant(_ascii_bytes(values))
+        elif isinstance(values, np.ndarray) and values.dtype != object:
             columns[key] = values
         elif isinstance(values, np.ndarray) and len(values) and isinstance(values[0], (str, bytes)):
-            columns[key] = values.astype(str)
+            columns[key] = tf.constant(_ascii_bytes(values.astype(str)))
         else:
             # Variable-length lists (e.g. genres) become a ragged int64 column, as in tfds.
             lengths = np.array([len(v) for v in values], dtype=np.int64)

@@ -10,8 +10,9 @@ from towerkit.errors import ConfigError
 from towerkit.towers.base import check_positive_int
 
 
-def _ids(prefix: str, values: np.ndarray) -> np.ndarray:
-    return np.char.add(prefix, values.astype(str))
+def _ids(prefix: str, count: int) -> np.ndarray:
+    """``prefix + str(i)`` for i < count, in the narrowest unicode dtype (not numpy's 21 digits a number)."""
+    return np.char.add(prefix, np.arange(count).astype(f"<U{len(str(max(count - 1, 0)))}"))
 
 
 class SyntheticDataset(RetrievalDataset):
@@ -96,10 +97,11 @@ class SyntheticDataset(RetrievalDataset):
             affinity = affinity / temperature + rng.gumbel(size=affinity.shape)
             items[start:stop] = draws[np.arange(stop - start), affinity.argmax(axis=1)]
 
-        item_ids = _ids("item ", np.arange(num_items))
-        candidates = {"movie_id": _ids("", np.arange(num_items)), "movie_title": item_ids}
+        item_ids = _ids("item ", num_items)
+        candidates = {"movie_id": _ids("", num_items), "movie_title": item_ids}
         interactions = {
-            "user_id": _ids("user ", users),
+            # Gathered from one table per id kind: no per-row string building.
+            "user_id": _ids("user ", num_users)[users],
             "movie_id": candidates["movie_id"][items],
             "movie_title": item_ids[items],
             "timestamp": np.sort(rng.integers(880_000_000, 890_000_000, size=num_interactions)),
