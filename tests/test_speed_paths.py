@@ -122,9 +122,19 @@ def test_recipe_steps_per_execution_reaches_the_compiled_model(synthetic):
 
     raw, origin = recipe_config.load_recipe("basic-retrieval")
     raw = recipe_config.apply_overrides(raw, ["train.steps_per_execution=8"])
-    config = recipe_config.resolve(raw, origin)
-    model = build_model(config, synthetic)
-    assert int(model._steps_per_execution.numpy()) == 8  # noqa: SLF001  (Keras keeps no public accessor)
+    model = build_model(recipe_config.resolve(raw, origin), synthetic)
+    dataset = tf.data.Dataset.from_tensor_slices(synthetic.train_features(model.feature_keys)).batch(256)
+    batches = int(dataset.cardinality())
+
+    class CountExecutions(tf.keras.callbacks.Callback):
+        calls = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            CountExecutions.calls += 1
+
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[CountExecutions()])
+    # Keras reports to batch callbacks once per execution of 8 steps.
+    assert batches > 8 and CountExecutions.calls == -(-batches // 8)
     with pytest.raises(towerkit.TowerkitError, match="steps_per_execution"):
         recipe_config.resolve(recipe_config.apply_overrides(raw, ["train.steps_per_execution=0"]), origin)
 
