@@ -55,6 +55,28 @@ def test_hand_gradient_equals_automatic_differentiation(columns):
         np.testing.assert_allclose(ours_gradient.numpy(), reference_gradient.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_repeated_candidates_are_merged_without_changing_loss_or_gradients():
+    """Popular items repeat within a batch; merged columns give every copy the gradient it had on its own."""
+    rng = np.random.default_rng(2)
+    distinct = rng.normal(size=(5, 4)) * 2
+    rows = np.array([0, 1, 0, 2, 0, 3, 1, 4, 4, 2, 0, 3])  # repeats, as item ids repeat in a batch
+    candidates = tf.constant(distinct[rows], tf.float32)
+    query = tf.constant(rng.normal(size=(12, 4)) * 2, tf.float32)
+    # Rows 7 and 8 hold the same embedding but different biases: they must stay apart.
+    bias = tf.constant(np.where(np.arange(12) == 8, 1.5, -np.log(0.05 + rows / 10)), tf.float32)
+    weights = tf.constant(rng.uniform(0.1, 2.0, size=12), tf.float32)
+    for column_bias in (None, bias):
+        reference_bias = tf.zeros(12) if column_bias is None else column_bias
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([query, candidates])
+            ours = tf.reduce_sum(weights * in_batch_softmax_loss(query, candidates, tf.range(12), column_bias))
+            reference = tf.reduce_sum(weights * _autodiff_loss(query, candidates, tf.range(12), reference_bias))
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6)
+        for ours_gradient, reference_gradient in zip(tape.gradient(ours, [query, candidates]),
+                                                     tape.gradient(reference, [query, candidates])):
+            np.testing.assert_allclose(ours_gradient.numpy(), reference_gradient.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_hand_gradient_survives_an_underflowing_positive():
     """A positive scored far below the rest has softmax probability 0.0 in float32; its loss stays finite."""
     query = tf.constant([[50.0], [1.0]])

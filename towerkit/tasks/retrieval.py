@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,9 +38,11 @@ class RetrievalTask(tfrs.tasks.Retrieval):
     task computes the same value as ``sum_i(logsumexp(s_i) - s_ii)``, which
     needs no label matrix, with a hand-written gradient (see
     :func:`in_batch_softmax_loss`) that passes over the ``[B, B]`` scores far
-    fewer times than automatic differentiation of ``reduce_logsumexp`` does:
-    the training step at B=8192 takes about half the time. Hard-negative
-    mining and accidental-hit removal take TFRS's own path.
+    fewer times than automatic differentiation of ``reduce_logsumexp`` does,
+    and over the batch's distinct candidates only (a batch of 8,192 MovieLens
+    ratings names at most 1,682 movies; each repeat is counted in the softmax
+    exactly as before). Hard-negative mining and accidental-hit removal take
+    TFRS's own path.
 
     Args:
         candidates: Candidate embeddings (a ``tf.data.Dataset`` of batches, or a
@@ -202,7 +204,8 @@ def in_batch_softmax_loss(query: tf.Tensor, candidates: tf.Tensor, positive_colu
     fused softmax kernel and two row maxima, and the backward pass is two
     matmuls with the kept softmax: the upstream weights and the positive's
     ``-1`` are applied to the ``[B, d]`` embeddings, never to the ``[B, N]``
-    matrix.
+    matrix. Repeated candidate columns are first merged into one (see
+    :func:`_distinct_columns`); each copy still gets its own exact gradient.
 
     Args:
         query: ``[B, d]`` query embeddings (already divided by any temperature).
@@ -219,9 +222,8 @@ def in_batch_softmax_loss(query: tf.Tensor, candidates: tf.Tensor, positive_colu
 
     @tf.custom_gradient
     def loss_of(queries, columns):
-        scores = tf.linalg.matmul(queries, columns, transpose_b=True)
-        if bias is not None:
-            scores = scores + bias[None, :]
+        distinct = _distinct_columns(columns, bias)
+        scores = tf.linalg.matmul(queries, distinct.columns, transpose_b=True) + distinct.bias[None, :]
         row_max = tf.reduce_max(scores, axis=1)
         probabilities = tf.nn.softmax(scores)
         # log-sum-exp from the row's largest probability, 1 / sum(exp(s - max)):
@@ -235,14 +237,42 @@ def in_batch_softmax_loss(query: tf.Tensor, candidates: tf.Tensor, positive_colu
         def gradient(upstream):
             weights = tf.cast(upstream, queries.dtype)[:, None]
             weighted_queries = weights * queries
-            query_gradient = weights * (tf.linalg.matmul(probabilities, columns) - positives)
-            column_gradient = tf.linalg.matmul(probabilities, weighted_queries, transpose_a=True) - (
+            query_gradient = weights * (tf.linalg.matmul(probabilities, distinct.columns) - positives)
+            # Each copy of a merged column had 1/count of its probability.
+            per_distinct = tf.linalg.matmul(probabilities, weighted_queries, transpose_a=True) / distinct.counts[:, None]
+            column_gradient = tf.gather(per_distinct, distinct.index) - (
                 tf.math.unsorted_segment_sum(weighted_queries, positive_columns, tf.shape(columns)[0]))
             return query_gradient, column_gradient
 
         return log_normalizer - positive_scores, gradient
 
     return loss_of(query, candidates)
+
+
+class _DistinctColumns(NamedTuple):
+    columns: tf.Tensor  # [U, d], the first copy of each distinct column
+    bias: tf.Tensor  # [U], its bias plus log(count)
+    counts: tf.Tensor  # [U]
+    index: tf.Tensor  # [N], each original column's row in ``columns``
+
+
+def _distinct_columns(columns: tf.Tensor, bias: tf.Tensor | None) -> _DistinctColumns:
+    """Merges bitwise-identical candidate columns (same embedding, same bias) into one, weighted by its count.
+
+    A batch of popular items repeats them: 8,192 MovieLens ratings name at most
+    1,682 movies. ``sum_j exp(s_ij)`` over copies equals ``count * exp(s_iu)``,
+    so one column with ``log(count)`` added to its bias gives the same softmax
+    over a ``[B, U]`` instead of a ``[B, B]`` matrix.
+    """
+    key = columns if bias is None else tf.concat([columns, bias[:, None]], axis=1)
+    _, index = tf.raw_ops.UniqueV2(x=tf.stop_gradient(key), axis=tf.constant([0], tf.int64))
+    num_distinct = tf.reduce_max(index) + 1
+    first = tf.math.unsorted_segment_min(tf.range(tf.shape(index)[0]), index, num_distinct)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(index, columns.dtype), index, num_distinct)
+    distinct_bias = tf.math.log(counts)
+    if bias is not None:
+        distinct_bias += tf.gather(bias, first)
+    return _DistinctColumns(tf.gather(columns, first), distinct_bias, counts, index)
 
 
 def _gather_global(values: tf.Tensor, context: tf.distribute.ReplicaContext) -> tuple[tf.Tensor, tf.Tensor]:
