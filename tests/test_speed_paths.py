@@ -77,6 +77,16 @@ def test_repeated_candidates_are_merged_without_changing_loss_or_gradients():
             np.testing.assert_allclose(ours_gradient.numpy(), reference_gradient.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_an_empty_batch_has_zero_loss_and_empty_gradients():
+    """Under a multi-replica strategy the last batch may leave a replica without examples."""
+    query, candidates = tf.zeros([0, 4]), tf.zeros([0, 4])
+    with tf.GradientTape() as tape:
+        tape.watch([query, candidates])
+        loss = tf.reduce_sum(in_batch_softmax_loss(query, candidates, tf.range(0), tf.zeros([0])))
+    assert float(loss) == 0.0
+    assert [g.shape.as_list() for g in tape.gradient(loss, [query, candidates])] == [[0, 4], [0, 4]]
+
+
 def test_hand_gradient_survives_an_underflowing_positive():
     """A positive scored far below the rest has softmax probability 0.0 in float32; its loss stays finite."""
     query = tf.constant([[50.0], [1.0]])

@@ -266,7 +266,7 @@ def _distinct_columns(columns: tf.Tensor, bias: tf.Tensor | None) -> _DistinctCo
     """
     key = columns if bias is None else tf.concat([columns, bias[:, None]], axis=1)
     _, index = tf.raw_ops.UniqueV2(x=tf.stop_gradient(key), axis=tf.constant([0], tf.int64))
-    num_distinct = tf.reduce_max(index) + 1
+    num_distinct = tf.maximum(tf.reduce_max(index) + 1, 0)  # an empty replica batch has none
     first = tf.math.unsorted_segment_min(tf.range(tf.shape(index)[0]), index, num_distinct)
     counts = tf.math.unsorted_segment_sum(tf.ones_like(index, columns.dtype), index, num_distinct)
     distinct_bias = tf.math.log(counts)
