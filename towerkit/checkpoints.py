@@ -37,10 +37,16 @@ class CheckpointError(TowerkitError):
 
 
 def weight_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a resolved recipe that decide the trained weights (the epoch count aside, so a run may be extended)."""
+    """The parts of a resolved recipe that decide the trained weights.
+
+    The epoch count is left out (so a run may be extended), and so are settings
+    that change how training is driven but not what a step computes.
+    """
     relevant = json.loads(json.dumps({section: config[section] for section in WEIGHT_SECTIONS if section in config},
                                      default=str))
-    relevant.get("train", {}).pop("epochs", None)
+    # How long to train and how often Keras calls back do not change what a step computes.
+    for key in ("epochs", "steps_per_execution", "cluster_timeout"):
+        relevant.get("train", {}).pop(key, None)
     return relevant
 
 
