@@ -1,3 +1,5 @@
+"""Assembly by name in both model styles, feature checks, and the assembly example."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -5,7 +7,6 @@ import tensorflow_recommenders as tfrs
 
 import towerkit
 from towerkit.errors import ConfigError, FeatureError
-from towerkit.embedding import embed
 from towerkit.models import RetrievalModel, TrainStepRetrievalModel, candidate_embeddings_dataset
 
 
@@ -58,53 +59,6 @@ def test_bad_style_and_bad_tower_objects(synthetic):
         towerkit.assemble(query={"embedding_dim": 3}, data=synthetic)
     with pytest.raises(ConfigError, match="must be a towerkit Tower"):
         towerkit.assemble(query=tf.keras.layers.Dense(3), data=synthetic)
-
-
-def test_exact_evaluation_matches_numpy_and_factorized_topk(synthetic):
-    model, _ = _train(synthetic, epochs=2)
-    fast = towerkit.evaluate_topk(model, synthetic, ks=[1, 5, 10, 20, 50])
-
-    # An exact NumPy computation from the same embeddings, in float64: the true
-    # candidate's rank among all candidates (item i is candidate row i here).
-    queries = embed(model.query_tower, synthetic.test_features(["user_id"])).numpy().astype(np.float64)
-    candidates = embed(model.candidate_tower, {"movie_title": synthetic.candidate_ids}).numpy().astype(np.float64)
-    rows = np.array([int(t.split()[-1]) for t in synthetic.test_features(["movie_title"])["movie_title"]])
-    scores = queries @ candidates.T
-    ranks = (scores > scores[np.arange(len(rows)), rows][:, None] + 1e-9).sum(axis=1)
-    for k in (1, 5, 10, 20, 50):
-        assert abs(fast.all[f"top_{k}"] - np.mean(ranks < k)) <= 1e-4
-
-    # FactorizedTopK, as the tutorial computes it in model.evaluate, ranks the
-    # positive below itself when rounding makes sum(q*c) < matmul(q, c); the two
-    # agree up to those ties.
-    test = tf.data.Dataset.from_tensor_slices(synthetic.test_features(model.feature_keys)).batch(512)
-    slow = model.evaluate(test, return_dict=True, verbose=0)
-    for k in (10, 50):
-        factorized = slow[f"factorized_top_k/top_{k}_categorical_accuracy"]
-        assert factorized <= fast.all[f"top_{k}"] + 1e-4
-        assert fast.all[f"top_{k}"] - factorized <= 0.05
-
-
-def test_excluding_training_items_never_lowers_accuracy(synthetic):
-    model, _ = _train(synthetic, epochs=1)
-    results = towerkit.evaluate_topk(model, synthetic, ks=[1, 10, 50], exclude_train=True)
-    for k in (1, 10, 50):
-        assert results.excluding_train[f"top_{k}"] >= results.all[f"top_{k}"]
-
-
-def test_popularity_baseline_ranks_by_training_counts(synthetic):
-    results = towerkit.popularity_topk(synthetic, ks=[1, 80])
-    assert results.all["top_80"] == 1.0  # every candidate is within the top 80 of 80
-    train_ids = synthetic.interactions["movie_title"][synthetic.train_rows]
-    test_ids = synthetic.interactions["movie_title"][synthetic.test_rows]
-    values, counts = np.unique(train_ids, return_counts=True)
-    most_popular = values[np.argmax(counts)]
-    assert results.all["top_1"] == pytest.approx(np.mean(test_ids == most_popular))
-
-
-def test_model_beats_popularity_on_structured_data(synthetic):
-    model, _ = _train(synthetic, epochs=8)
-    assert towerkit.evaluate_topk(model, synthetic).all["top_10"] > towerkit.popularity_topk(synthetic).all["top_10"]
 
 
 def test_factorized_metric_candidates_cover_the_whole_set(synthetic):
