@@ -56,7 +56,7 @@ def recipe(args: argparse.Namespace) -> str:
         "task": {"name": "retrieval"},
         "train": {"epochs": 1, "batch_size": args.batch_size, "strategy": "parameter-server",
                   "partitioner": "fixed-shards"},
-        "evaluate": {"every_epoch": False, "ks": [10]},
+        "evaluate": {"every_epoch": False, "ks": [10], "exclude_train": False},
         "index": {"name": "brute-force", "k": 10},
         "export": {"enabled": False, "example_query": "user 1"},
     })
