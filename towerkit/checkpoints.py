@@ -45,7 +45,8 @@ def weight_config(config: Mapping[str, Any]) -> dict[str, Any]:
     relevant = json.loads(json.dumps({section: config[section] for section in WEIGHT_SECTIONS if section in config},
                                      default=str))
     # How long to train and how often Keras calls back do not change what a step computes.
-    for key in ("epochs", "steps_per_execution", "cluster_timeout"):
+    # (TensorFlow restores sharded variables under any sharding, so the partitioner does not count either.)
+    for key in ("epochs", "steps_per_execution", "cluster_timeout", "partitioner", "num_shards", "min_shard_bytes"):
         relevant.get("train", {}).pop(key, None)
     return relevant
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 DEFAULT_RECIPE = "retrieval"
-KIND_CHOICES = ("towers", "tasks", "indexes", "datasets", "recipes")
+KIND_CHOICES = ("towers", "tasks", "indexes", "datasets", "baselines", "recipes")
 
 EPILOGS = {
     "train": """examples:
@@ -233,7 +233,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datasets": "dataset"}
+KIND_SINGULAR = {"towers": "tower", "tasks": "task", "indexes": "index", "datasets": "dataset", "baselines": "baseline"}
 
 
 def cmd_data(args: argparse.Namespace) -> int:

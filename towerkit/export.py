@@ -106,10 +106,14 @@ def _save_index_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]
         scores, ids = index.search_excluding(features, exclusions, index.k)
         return {"scores": scores, "ids": ids}
 
+    # The same functions as attributes take ragged features as ragged tensors (a signature
+    # flattens them into anonymous parts); towerkit's loader calls these, TF Serving the signatures.
+    root = tf.Module()
+    root.index, root.serve, root.serve_excluding = index, serve, serve_excluding
     is_scann = getattr(index, "backend", "") == "scann"
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if is_scann else None)
     signatures = {"serving_default": serve, "serving_exclusions": serve_excluding}
-    tf.saved_model.save(index, str(staging), signatures=signatures, options=options)
+    tf.saved_model.save(root, str(staging), signatures=signatures, options=options)
 
 
 def _save_query_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]) -> None:
@@ -121,6 +125,7 @@ def _save_query_model(index: Any, staging: Path, specs: dict[str, tf.TensorSpec]
     def serve(features):
         return {"embeddings": module.query_model(features)}
 
+    module.serve = serve
     tf.saved_model.save(module, str(staging), signatures={"serving_default": serve})
 
 

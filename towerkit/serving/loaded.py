@@ -117,15 +117,20 @@ class LoadedExport:
                   for key in self.query_feature_keys}
         if exclusions is not None and not any(exclusions):
             exclusions = None  # nothing to leave out: the plain signature is faster and gives the same
+        # Exports since towerkit 0.1 carry `serve` functions that take ragged features whole;
+        # older ones only have the signatures (dense features only).
+        direct = getattr(self.model, "serve", None)
         if self.index is not None:
-            embeddings = self.signature(**inputs)["embeddings"]
+            embeddings = (direct(inputs) if direct is not None else self.signature(**inputs))["embeddings"]
             if exclusions is None:
                 scores, ids = self.index(embeddings)
             else:
                 scores, ids = self.index.query_with_exclusions(embeddings, _padded(exclusions))
             return np.asarray(scores), np.asarray(ids)
         if exclusions is None:
-            outputs = self.signature(**inputs)
+            outputs = direct(inputs) if direct is not None else self.signature(**inputs)
+        elif direct is not None:
+            outputs = self.model.serve_excluding(inputs, _padded(exclusions))
         else:
             outputs = self.model.signatures["serving_exclusions"](exclusions=_padded(exclusions), **inputs)
         return outputs["scores"].numpy(), outputs["ids"].numpy()
