@@ -1,3 +1,5 @@
+"""movielens-100k and its fetch: tfds feature dicts, the tutorial split, RecBole conversion, zips, checksums."""
+
 import http.server
 import threading
 
@@ -61,17 +63,6 @@ def test_seed_split_rejects_bad_fraction():
 def test_source_files_without_files_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="towerkit data fetch movielens-100k"):
         towerkit.load_dataset("movielens-100k", data_dir=str(tmp_path), source="files")
-
-
-@pytest.mark.parametrize(
-    "name, corrupt",
-    [("u.data", "1\t1\t5\n"), ("u.user", "1|24|M\n"), ("u.item", "999|Film|x\n"), ("u.data", "77\t1\t5\t1\n")],
-)
-def test_corrupt_grouplens_files_name_the_problem(data_dir, name, corrupt):
-    with open(data_dir / "ml-100k" / name, "a", encoding="iso-8859-1") as handle:
-        handle.write(corrupt)
-    with pytest.raises(DataError, match="malformed"):
-        towerkit.load_dataset("movielens-100k", source="files")
 
 
 def _recbole_files():
