@@ -355,7 +355,7 @@ def test_third_party_encoders_register_by_name(with_tables):
 
 
 def test_inspect_reports_schema_counts_duplicates_time_and_top_candidates(tmp_path):
-    from towerkit.datasets.interactions import inspect
+    from towerkit.datasets.profile import inspect
 
     events = _write(tmp_path / "events.csv", "user_id,item,ts,device\n" + "".join(
         f"u{i % 4},i{(i * 7) % 5},{1_700_000_000 + 3600 * i},{'web' if i % 3 else 'app'}\n" for i in range(40))
@@ -383,7 +383,7 @@ def test_inspect_reports_schema_counts_duplicates_time_and_top_candidates(tmp_pa
 
 
 def test_inspect_says_which_option_to_pass_when_it_cannot_guess(tmp_path):
-    from towerkit.datasets.interactions import inspect
+    from towerkit.datasets.profile import inspect
 
     with pytest.raises(DataError, match="pass query_id .columns: a, b"):
         inspect(_write(tmp_path / "e.csv", "a,b\n1,2\n"))
@@ -391,7 +391,7 @@ def test_inspect_says_which_option_to_pass_when_it_cannot_guess(tmp_path):
 
 def test_the_starter_recipe_trains_as_it_is(tmp_path):
     from towerkit import config as recipe_config
-    from towerkit.datasets.interactions import starter_recipe
+    from towerkit.datasets.profile import starter_recipe
     from towerkit.pipeline import run
 
     rng = np.random.default_rng(0)

@@ -414,16 +414,3 @@ def _leave_last(query_codes: np.ndarray, times: np.ndarray, count: int) -> tuple
     is_test[order] = (from_end < count) & (sizes[sorted_codes] > count)
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
-
-def inspect(path: str | os.PathLike, **options: Any) -> dict[str, Any]:
-    """Describes an interaction log before training; see :func:`towerkit.datasets.profile.inspect`."""
-    from towerkit.datasets import profile
-
-    return profile.inspect(path, **options)
-
-
-def starter_recipe(path: str | os.PathLike, **options: Any) -> str:
-    """A TOML recipe that trains on the log as it is; see :func:`towerkit.datasets.profile.starter_recipe`."""
-    from towerkit.datasets import profile
-
-    return profile.starter_recipe(path, **options)

@@ -15,6 +15,30 @@ def _ids(prefix: str, count: int) -> np.ndarray:
     return np.char.add(prefix, np.arange(count).astype(f"<U{len(str(max(count - 1, 0)))}"))
 
 
+def _generate(rng: np.random.Generator, num_users: int, num_items: int, num_interactions: int, latent_dim: int,
+              num_genres: int, popularity_exponent: float, temperature: float, num_sampled: int) -> tuple:
+    """Latent users and genre-clustered items; each interaction keeps the best of popularity-drawn items."""
+    user_vectors = rng.normal(size=(num_users, latent_dim)).astype(np.float32)
+    genre_centres = rng.normal(size=(num_genres, latent_dim)).astype(np.float32)
+    item_genres = rng.integers(0, num_genres, size=num_items)
+    item_vectors = genre_centres[item_genres] + 0.5 * rng.normal(size=(num_items, latent_dim))
+    item_vectors = (item_vectors / np.sqrt(latent_dim)).astype(np.float32)
+    popularity = 1.0 / np.arange(1, num_items + 1) ** popularity_exponent
+    popularity = rng.permutation(popularity / popularity.sum())
+    cumulative = np.cumsum(popularity)
+
+    users = rng.integers(0, num_users, size=num_interactions)
+    items = np.empty(num_interactions, dtype=np.int64)
+    chunk = max(1, 4_000_000 // num_sampled)
+    for start in range(0, num_interactions, chunk):
+        stop = min(start + chunk, num_interactions)
+        draws = np.minimum(np.searchsorted(cumulative, rng.random((stop - start, num_sampled))), num_items - 1)
+        affinity = np.einsum("nd,nsd->ns", user_vectors[users[start:stop]], item_vectors[draws])
+        affinity = affinity / temperature + rng.gumbel(size=affinity.shape)
+        items[start:stop] = draws[np.arange(stop - start), affinity.argmax(axis=1)]
+    return user_vectors, item_vectors, item_genres, users, items
+
+
 class SyntheticDataset(RetrievalDataset):
     """Users and items with latent vectors; users pick items they are close to.
 
@@ -76,27 +100,9 @@ class SyntheticDataset(RetrievalDataset):
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature!r}.")
         rng = np.random.default_rng(seed)
-        user_vectors = rng.normal(size=(num_users, latent_dim)).astype(np.float32)
-        genre_centres = rng.normal(size=(num_genres, latent_dim)).astype(np.float32)
-        item_genres = rng.integers(0, num_genres, size=num_items)
-        item_vectors = genre_centres[item_genres] + 0.5 * rng.normal(size=(num_items, latent_dim))
-        item_vectors = (item_vectors / np.sqrt(latent_dim)).astype(np.float32)
-        popularity = 1.0 / np.arange(1, num_items + 1) ** popularity_exponent
-        popularity = rng.permutation(popularity / popularity.sum())
-        cumulative = np.cumsum(popularity)
-
-        users = rng.integers(0, num_users, size=num_interactions)
-        items = np.empty(num_interactions, dtype=np.int64)
-        chunk = max(1, 4_000_000 // num_sampled)
-        for start in range(0, num_interactions, chunk):
-            stop = min(start + chunk, num_interactions)
-            draws = np.minimum(
-                np.searchsorted(cumulative, rng.random((stop - start, num_sampled))), num_items - 1
-            )
-            affinity = np.einsum("nd,nsd->ns", user_vectors[users[start:stop]], item_vectors[draws])
-            affinity = affinity / temperature + rng.gumbel(size=affinity.shape)
-            items[start:stop] = draws[np.arange(stop - start), affinity.argmax(axis=1)]
-
+        user_vectors, item_vectors, item_genres, users, items = _generate(
+            rng, num_users, num_items, num_interactions, latent_dim, num_genres, popularity_exponent,
+            temperature, num_sampled)
         item_ids = _ids("item ", num_items)
         candidates = {"movie_id": _ids("", num_items), "movie_title": item_ids}
         interactions = {

@@ -163,20 +163,19 @@ class RetrievalTask(tfrs.tasks.Retrieval):
         if sample_weight is not None:
             per_query = per_query * tf.cast(tf.reshape(sample_weight, [-1]), per_query.dtype)
         loss = tf.reduce_sum(per_query)
+        update_ops = self._update_metrics(loss, query_embeddings, candidate_embeddings, sample_weight, compute_metrics)
+        with tf.control_dependencies(update_ops):
+            return tf.identity(loss)
 
+    def _update_metrics(self, loss, query_embeddings, candidate_embeddings, sample_weight, compute_metrics) -> list:
+        """The loss metrics, and FactorizedTopK over this replica's own candidates when asked for."""
         update_ops = [metric.update_state(loss) for metric in self._loss_metrics]
         if compute_metrics:
             for metric in self._factorized_metrics:
-                update_ops.append(
-                    metric.update_state(
-                        query_embeddings,
-                        candidate_embeddings[: tf.shape(query_embeddings)[0]],
-                        true_candidate_ids=None,
-                        sample_weight=sample_weight,
-                    )
-                )
-        with tf.control_dependencies(update_ops):
-            return tf.identity(loss)
+                update_ops.append(metric.update_state(
+                    query_embeddings, candidate_embeddings[: tf.shape(query_embeddings)[0]],
+                    true_candidate_ids=None, sample_weight=sample_weight))
+        return update_ops
 
     def get_config(self) -> dict[str, Any]:
         return {
