@@ -150,3 +150,22 @@ def full_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     yield disk
     subprocess.run(["umount", str(disk)], check=False)
+
+
+def train_recipe(folder: Path, name: str, text: str) -> Path:
+    """Writes a recipe into ``folder``, trains it with the CLI, and returns the run directory."""
+    (folder / f"{name}.toml").write_text(text)
+    result = run_cli("train", str(folder / f"{name}.toml"), "-o", str(folder / "run"))
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def fit_small(data, style: str = "tfrs", epochs: int = 2, seed: int = 7, train_metrics: bool = False, **parts):
+    """Assembles a model on ``data`` and fits it briefly with fixed seeds; returns (model, history)."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    model = towerkit.assemble(data=data, style=style, train_metrics=train_metrics, **parts)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+    dataset = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(1024)
+    return model, model.fit(dataset, epochs=epochs, verbose=0).history

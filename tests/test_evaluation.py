@@ -5,20 +5,12 @@ import pytest
 import tensorflow as tf
 
 import towerkit
+from conftest import fit_small
 from towerkit.embedding import embed
 
 
-def _train(data, style="tfrs", epochs=2, seed=7, train_metrics=False, **parts):
-    tf.keras.utils.set_random_seed(seed)
-    model = towerkit.assemble(data=data, style=style, train_metrics=train_metrics, **parts)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-    dataset = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(1024)
-    history = model.fit(dataset, epochs=epochs, verbose=0).history
-    return model, history
-
-
 def test_exact_evaluation_matches_numpy_and_factorized_topk(synthetic):
-    model, _ = _train(synthetic, epochs=2)
+    model, _ = fit_small(synthetic, epochs=2)
     fast = towerkit.evaluate_topk(model, synthetic, ks=[1, 5, 10, 20, 50])
 
     # An exact NumPy computation from the same embeddings, in float64: the true
@@ -43,7 +35,7 @@ def test_exact_evaluation_matches_numpy_and_factorized_topk(synthetic):
 
 
 def test_excluding_training_items_never_lowers_accuracy(synthetic):
-    model, _ = _train(synthetic, epochs=1)
+    model, _ = fit_small(synthetic, epochs=1)
     results = towerkit.evaluate_topk(model, synthetic, ks=[1, 10, 50], exclude_train=True)
     for k in (1, 10, 50):
         assert results.excluding_train[f"top_{k}"] >= results.all[f"top_{k}"]
@@ -60,5 +52,5 @@ def test_popularity_baseline_ranks_by_training_counts(synthetic):
 
 
 def test_model_beats_popularity_on_structured_data(synthetic):
-    model, _ = _train(synthetic, epochs=8)
+    model, _ = fit_small(synthetic, epochs=8)
     assert towerkit.evaluate_topk(model, synthetic).all["top_10"] > towerkit.popularity_topk(synthetic).all["top_10"]

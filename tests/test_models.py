@@ -6,17 +6,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import towerkit
+from conftest import fit_small
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.models import RetrievalModel, TrainStepRetrievalModel, candidate_embeddings_dataset
-
-
-def _train(data, style="tfrs", epochs=2, seed=7, train_metrics=False, **parts):
-    tf.keras.utils.set_random_seed(seed)
-    model = towerkit.assemble(data=data, style=style, train_metrics=train_metrics, **parts)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-    dataset = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(1024)
-    history = model.fit(dataset, epochs=epochs, verbose=0).history
-    return model, history
 
 
 def test_assemble_by_name_mapping_and_object(synthetic):
@@ -29,8 +21,8 @@ def test_assemble_by_name_mapping_and_object(synthetic):
 
 
 def test_both_styles_give_identical_metrics(synthetic):
-    tfrs_model, tfrs_history = _train(synthetic, "tfrs")
-    step_model, step_history = _train(synthetic, "train_step")
+    tfrs_model, tfrs_history = fit_small(synthetic, "tfrs")
+    step_model, step_history = fit_small(synthetic, "train_step")
     np.testing.assert_allclose(tfrs_history["loss"], step_history["loss"], rtol=1e-5)
     assert tfrs_history["loss"][-1] < tfrs_history["loss"][0]
     np.testing.assert_allclose(
@@ -39,8 +31,8 @@ def test_both_styles_give_identical_metrics(synthetic):
 
 
 def test_training_logs_hide_metrics_that_were_not_computed(synthetic):
-    _, quiet = _train(synthetic, epochs=1)
-    _, loud = _train(synthetic, epochs=1, train_metrics=True)
+    _, quiet = fit_small(synthetic, epochs=1)
+    _, loud = fit_small(synthetic, epochs=1, train_metrics=True)
     assert not any("top_" in key for key in quiet)
     assert any("top_10" in key for key in loud)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import towerkit
-from conftest import ROOT, recipe_text, run_cli
+from conftest import ROOT, recipe_text, run_cli, train_recipe
 
 TIME = 880_000_100
 RECIPE = recipe_text(recipe={"name": "served"}, query_tower={"timestamp": True})
@@ -78,11 +78,7 @@ def call(url: str, body: object = None, *, raw: bytes | None = None, method: str
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("http")
-    (folder / "served.toml").write_text(RECIPE)
-    result = run_cli("train", str(folder / "served.toml"), "-o", str(folder / "run"))
-    assert result.returncode == 0, result.stderr
-    return folder / "run" / "model"
+    return train_recipe(tmp_path_factory.mktemp("http"), "served", RECIPE) / "model"
 
 
 @pytest.fixture(scope="module")

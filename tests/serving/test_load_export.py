@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import towerkit
-from conftest import ROOT, recipe_text, run_cli
+from conftest import ROOT, recipe_text, run_cli, train_recipe
 from towerkit.serving import QueryError
 from towerkit.serving.cli_input import parse_feature_value
 from towerkit.serving.queries import FeatureSpec, coerce_column
@@ -23,11 +23,7 @@ TIME = 880_000_100
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("serving-api")
-    (folder / "multi.toml").write_text(MULTI_RECIPE)
-    result = run_cli("train", str(folder / "multi.toml"), "-o", str(folder / "run"))
-    assert result.returncode == 0, result.stderr
-    return folder / "run" / "model"
+    return train_recipe(tmp_path_factory.mktemp("serving-api"), "multi", MULTI_RECIPE) / "model"
 
 
 @pytest.fixture(scope="module")
