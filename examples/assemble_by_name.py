@@ -23,8 +23,8 @@ def main(dataset: str = "movielens-100k") -> None:
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
     train = tf.data.Dataset.from_tensor_slices(data.train_features(model.feature_keys)).batch(8192)
     model.fit(train, epochs=3, verbose=0)
-    print("model     ", towerkit.evaluate_topk(model, data, ks=[10, 100]))
-    print("popularity", towerkit.popularity_topk(data, ks=[10, 100]))
+    print("model     ", towerkit.evaluate_topk(model, data, ks=[10, 100]).format())
+    print("popularity", towerkit.popularity_topk(data, ks=[10, 100]).format())
 
     index = towerkit.create_index("brute-force", query_model=model.query_tower, k=3)
     index.index(embed(model.candidate_tower, {"movie_title": data.candidate_ids}),
