@@ -66,6 +66,11 @@ name = "retrieval"
 [train]
 epochs = 1
 batch_size = 4096
+[evaluate]
+# The benchmark serves; it needs no evaluation (and no users x items seen-matrix at 100k items).
+every_epoch = false
+exclude_train = false
+ks = [10]
 [index]
 name = "brute-force"
 k = {K}
