@@ -19,11 +19,27 @@ def import_implicit_als():
     return AlternatingLeastSquares, threadpool_limits
 
 
+def fold_in(model, histories, threadpool_limits) -> np.ndarray:
+    """User factors for queries not trained on, solved from their histories with the items fixed.
+
+    This is implicit's ``recalculate_user``: the same least-squares step a
+    training sweep takes for a user, so a new user is served without
+    refitting. An empty history gives zero factors (popularity then ranks).
+    """
+    if not histories.shape[0]:
+        return np.zeros((0, model.factors))
+    with threadpool_limits(1, "blas"):
+        factors = model.recalculate_user(np.arange(histories.shape[0]), histories.astype(np.float32).tocsr())
+    return np.asarray(factors, dtype=np.float64)
+
+
 class ALS:
     """Matrix factorisation by implicit-feedback ALS (Hu, Koren and Volinsky, 2008), via ``implicit``.
 
-    Scores are ``user_factors @ item_factors.T``; a query with no training
-    interactions gets popularity.
+    Scores are ``user_factors @ item_factors.T``. A query held out of training
+    gets its factors folded in from its given history (the dataset's
+    ``history_rows``) by implicit's ``recalculate_user``, without refitting; a
+    query with neither gets popularity.
 
     Args:
         factors: Width of the user and item factors.
@@ -52,8 +68,8 @@ class ALS:
 
         def scorer(query_ids: np.ndarray) -> np.ndarray:
             rows = trained.query_rows(query_ids)
-            scores = user_factors[np.maximum(rows, 0)] @ item_factors.T
-            scores[rows < 0] = 0.0
-            return trained.to_candidates(scores + tie_break)
+            factors = user_factors[np.maximum(rows, 0)]
+            factors[rows < 0] = fold_in(model, trained.query_items(query_ids[rows < 0]), threadpool_limits)
+            return trained.to_candidates(factors @ item_factors.T + tie_break)
 
         return scorer

@@ -26,7 +26,9 @@ def ease_weights(matrix: np.ndarray, l2: float) -> np.ndarray:
 class EASE:
     """EASE: each query's score for an item is a learned weighted sum over the items it met.
 
-    A query with no training interactions gets popularity.
+    A query held out of training is scored from its given history (the
+    dataset's ``history_rows``) with the same weights, without refitting; a
+    query with neither gets popularity.
 
     Args:
         l2: The L2 penalty (λ); larger values shrink towards popularity. Tune it on validation.
@@ -50,9 +52,7 @@ class EASE:
         tie_break = trained.popularity_tie_break()
 
         def scorer(query_ids: np.ndarray) -> np.ndarray:
-            rows = trained.query_rows(query_ids)
-            history = trained.matrix[np.maximum(rows, 0)].toarray()
-            history[rows < 0] = 0.0
+            history = trained.query_items(query_ids).toarray()  # training items, or a cold query's given ones
             return trained.to_candidates(history @ weights + tie_break)
 
         return scorer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from towerkit.datasets.splits import positions_from_end
 from towerkit.validation import check_positive_int
 
 
@@ -56,3 +57,27 @@ def history_column(query_ids: np.ndarray, times: np.ndarray, items: np.ndarray, 
     for row, history in zip(order.tolist(), np.split(flat, np.cumsum(lengths)[:-1]) if num_rows else []):
         histories[row] = history
     return histories
+
+
+def given_history_column(query_ids: np.ndarray, times: np.ndarray, items: np.ndarray, train_rows: np.ndarray,
+                         given_rows: np.ndarray, max_length: int) -> np.ndarray:
+    """:func:`history_column` for a cold-start split: a held-out query's history is exactly its given rows.
+
+    Training queries get their training items strictly before each row's
+    time, as in :func:`history_column`. A held-out query (one with given rows:
+    its first interactions) gets, on each of its other rows, all its given
+    items (the last ``max_length``): they are ordered by time with ties broken
+    by row, the order the split drew them in, so an item rated in the same
+    second as a target still counts as given.
+
+    Args:
+        query_ids, times, items: As in :func:`history_column`.
+        train_rows: The training rows.
+        given_rows: The held-out queries' given history rows.
+        max_length: The cap N.
+    """
+    _, codes = np.unique(query_ids, return_inverse=True)
+    held_out = np.isin(codes, codes[given_rows])
+    # Within a query only the order of times matters, so a held-out query's rows can use their strict rank.
+    order = np.where(held_out, -positions_from_end(query_ids, times), times)
+    return history_column(query_ids, order, items, np.union1d(train_rows, given_rows), max_length)

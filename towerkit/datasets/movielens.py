@@ -10,8 +10,15 @@ import numpy as np
 
 from towerkit.datasets import fetch, grouplens, tfds_prepare
 from towerkit.datasets.base import RetrievalDataset, seed_split
-from towerkit.datasets.history import history_column
-from towerkit.datasets.splits import carve_validation, check_split, check_validation_fraction, leave_last
+from towerkit.datasets.history import given_history_column
+from towerkit.datasets.splits import (
+    carve_validation,
+    check_cold_start,
+    check_split,
+    check_validation_fraction,
+    cold_start_split,
+    leave_last,
+)
 from towerkit.errors import ConfigError, DataError
 
 # tfds' ClassLabel names for movielens, so that integer labels match tfds exactly.
@@ -172,12 +179,27 @@ class MovieLens100K(RetrievalDataset):
         validation_fraction: Share of all interactions carved from train (never
             from test) as ``validation_rows``, for early stopping and tuning; the
             test rows do not change. With ``split="leave-last"``, any value above
-            0 makes each user's second-to-last interaction validation instead.
-        split: ``"random"`` (the tutorial's shuffle) or ``"leave-last"`` (each
-            user's last interaction by time is test).
+            0 makes each user's second-to-last interaction validation instead;
+            with ``split="cold-start"`` it is a share of the users, held out
+            like the test users.
+        split: ``"random"`` (the tutorial's shuffle), ``"leave-last"`` (each
+            user's last interaction by time is test) or ``"cold-start"``
+            (``cold_start_users`` of the users, drawn with ``split_seed``, are
+            held out entirely: their first ``cold_start_history``
+            interactions by time are ``history_rows``, the rest are test).
         history_length: Above 0, adds ``movie_history``: for each interaction,
             the movie ids (ints) its user rated strictly before it, in training
             rows only, the last ``history_length`` of them (for the ``history`` tower).
+            A held-out cold-start user's rows get its given history instead.
+        cold_start_users: With ``split="cold-start"``, the share of users held out for test.
+        cold_start_history: With ``split="cold-start"``, how many first interactions
+            each held-out user is given as history (k).
+
+    Attributes:
+        validation_rows: The validation rows (empty without a validation share).
+        history_rows: With ``split="cold-start"``, the held-out users' given
+            history: neither trained on nor ranked, but their items are those
+            users' seen items, and baselines score those users from them.
 
     Example:
         >>> data = towerkit.load_dataset("movielens-100k")
@@ -197,25 +219,35 @@ class MovieLens100K(RetrievalDataset):
         validation_fraction: float = 0.0,
         split: str = "random",
         history_length: int = 0,
+        cold_start_users: float = 0.1,
+        cold_start_history: int = 5,
     ):
         if source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
         check_split(split)
-        check_validation_fraction(validation_fraction, train_fraction)
-        interactions, candidates = self._load(data_dir, source, tfds_data_dir)
-        num_rows = len(interactions["user_id"])
-        if split == "leave-last":
-            train_rows, test_rows, validation_rows = leave_last(
-                interactions["user_id"], interactions["timestamp"], validation_fraction > 0)
+        if split == "cold-start":
+            check_cold_start(cold_start_users, validation_fraction, cold_start_history)
         else:
-            train_rows, test_rows = seed_split(num_rows, train_fraction, split_seed)
-            train_rows, validation_rows = carve_validation(train_rows, num_rows, validation_fraction)
+            check_validation_fraction(validation_fraction, train_fraction)
+        interactions, candidates = self._load(data_dir, source, tfds_data_dir)
+        users, times = interactions["user_id"], interactions["timestamp"]
+        history_rows = np.zeros(0, dtype=np.int64)
+        if split == "leave-last":
+            train_rows, test_rows, validation_rows = leave_last(users, times, validation_fraction > 0)
+        elif split == "cold-start":
+            held_out = cold_start_split(users, times, cold_start_users, validation_fraction, cold_start_history,
+                                        split_seed)
+            train_rows, test_rows, validation_rows, history_rows = (
+                held_out.train, held_out.test, held_out.validation, held_out.history)
+        else:
+            train_rows, test_rows = seed_split(len(users), train_fraction, split_seed)
+            train_rows, validation_rows = carve_validation(train_rows, len(users), validation_fraction)
         if history_length:
-            interactions["movie_history"] = history_column(
-                interactions["user_id"], interactions["timestamp"], interactions["movie_id"].astype(np.int64),
-                train_rows, history_length)
+            interactions["movie_history"] = given_history_column(
+                users, times, interactions["movie_id"].astype(np.int64), train_rows, history_rows, history_length)
         super().__init__(interactions, candidates, train_rows, test_rows)
         self.validation_rows = validation_rows
+        self.history_rows = history_rows
         self.split = split
         self.source = self._source
 
@@ -230,6 +262,8 @@ class MovieLens100K(RetrievalDataset):
         info["interactions"] = int(len(self.interactions["user_id"]))
         info["validation"] = int(len(self.validation_rows))
         info["split"] = self.split
+        if len(self.history_rows):
+            info["given_history"] = int(len(self.history_rows))
         return info
 
     def _load(self, data_dir, source, tfds_data_dir):
