@@ -18,6 +18,7 @@ last, not first.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -121,7 +122,7 @@ def candidate_rows(data: Any, ids: np.ndarray) -> np.ndarray:
 
 
 def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
-    """A ``[num_queries, num_candidates]`` bool matrix of training interactions."""
+    """A ``[num_queries, num_candidates]`` bool matrix of training interactions (and given histories)."""
     users, user_index = np.unique(data.interactions[data.query_id_key], return_inverse=True)
     if len(users) * len(data.candidate_ids) > 500_000_000:
         raise ConfigError(
@@ -133,8 +134,10 @@ def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
     for row, cid in enumerate(data.candidate_ids.tolist()):
         rows_of_id.setdefault(str(cid), []).append(row)
     seen = np.zeros((len(users), len(data.candidate_ids)), dtype=bool)
-    train_candidates = data.interactions[data.candidate_id_key][data.train_rows]
-    for user, cid in zip(user_index[data.train_rows], train_candidates.tolist()):
+    # A held-out cold-start query's given history (``history_rows``) is what it has seen.
+    known_rows = np.concatenate([data.train_rows, getattr(data, "history_rows", np.zeros(0, dtype=np.int64))])
+    train_candidates = data.interactions[data.candidate_id_key][known_rows]
+    for user, cid in zip(user_index[known_rows], train_candidates.tolist()):
         seen[user, rows_of_id.get(str(cid), [])] = True
     return seen, {str(u): i for i, u in enumerate(users)}
 
@@ -268,3 +271,34 @@ def evaluate_all(model: Any, data: Any, ks: Sequence[int], exclude_train: bool, 
         results[label] = topk_from_scores(data, lambda start, stop: scorer(queries[start:stop]), ks, exclude_train,
                                           split=split)
     return results
+
+
+def sample_test_queries(data: Any, max_queries: int, seed: int = 42) -> Any:
+    """The dataset with its test split cut to ``max_queries`` test queries (all their test rows).
+
+    For evaluation at size (``evaluate.max_queries``): the queries are drawn
+    uniformly without replacement, seeded, and ``evaluation_sample`` records
+    how many of how many were kept. Training, validation and the baselines'
+    training data are unchanged. A streamed dataset reads the sample itself
+    (its ``sample_test_queries`` method); any other is viewed, not copied.
+
+    Args:
+        data: A loaded dataset.
+        max_queries: The most test queries to keep (positive).
+        seed: Seeds the draw.
+    """
+    if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
+        raise ConfigError(f"evaluate.max_queries must be a positive integer, got {max_queries!r}; "
+                          "leave it out to evaluate every test query.")
+    if callable(getattr(data, "sample_test_queries", None)) and not getattr(data, "sample_read", False):
+        return data.sample_test_queries(max_queries, seed)
+    queries = data.interactions[data.query_id_key][data.test_rows]
+    distinct = np.unique(queries)
+    chosen = distinct
+    if max_queries < len(distinct):
+        chosen = np.random.default_rng(seed).choice(distinct, size=max_queries, replace=False)
+    view = copy.copy(data)
+    view.test_rows = data.test_rows[np.isin(queries, chosen)]
+    view.evaluation_sample = {"queries": int(len(chosen)), "test_queries": int(len(distinct)),
+                              "max_queries": int(max_queries)}
+    return view
