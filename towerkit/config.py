@@ -52,6 +52,8 @@ FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "every_epoch": (bool, True),
         # Baselines beside the model: names or {name = ..., options}; [] = the dataset's own.
         "baselines": (list, []),
+        # Evaluate on this many test queries, drawn at random (seeded by train.seed); 0 = every test query.
+        "max_queries": (int, 0),
     },
     "export": {"enabled": (bool, True), "example_query": (str, "42")},
 }
@@ -405,6 +407,9 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, "
                           f"got {_show(config['model']['style'])}.")
     check_ks(config["evaluate"]["ks"], f"evaluate.ks in {origin}")
+    if config["evaluate"]["max_queries"] < 0:
+        raise ConfigError(f"evaluate.max_queries in {origin} must be 0 (every test query) or a positive number "
+                          f"of test queries to sample, got {config['evaluate']['max_queries']}.")
     from towerkit.baselines import check_specs
 
     check_specs(config["evaluate"]["baselines"], f"evaluate.baselines in {origin}")

@@ -389,8 +389,8 @@ def is_parameter_server(strategy: Any) -> bool:
     return isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
 
-def fit_input(strategy: Any, make_dataset: Callable[[], Any], rows: int,
-              batch_size: int) -> tuple[Any, dict[str, Any]]:
+def fit_input(strategy: Any, make_dataset: Callable[..., Any], rows: int,
+              batch_size: int, shards_itself: bool = False) -> tuple[Any, dict[str, Any]]:
     """What ``model.fit`` takes under ``strategy``: (x, extra keyword arguments).
 
     Under a parameter-server strategy each worker builds its own input: a
@@ -398,12 +398,25 @@ def fit_input(strategy: Any, make_dataset: Callable[[], Any], rows: int,
     share of the batches (every n-th) and repeats, and ``steps_per_epoch``
     makes one epoch the size of the training data, shared by all workers.
     Elsewhere the dataset is passed as it is.
+
+    With ``shards_itself``, ``make_dataset`` takes a ``tf.distribute.InputContext``
+    (or None) and reads only that input pipeline's share (e.g. its files). Under
+    a multi-replica or multi-worker strategy it goes through
+    ``strategy.distribute_datasets_from_function``, so each worker calls it
+    once with its own pipeline id; under parameter-server each worker calls it
+    with its own context instead of taking every n-th batch.
     """
-    if not is_parameter_server(strategy):
-        return make_dataset(), {}
     import tensorflow as tf
 
+    if not is_parameter_server(strategy):
+        if not shards_itself:
+            return make_dataset(), {}
+        several = strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        return (strategy.distribute_datasets_from_function(make_dataset) if several else make_dataset(None)), {}
+
     def per_worker(context: "tf.distribute.InputContext") -> "tf.data.Dataset":
+        if shards_itself:
+            return make_dataset(context).repeat()
         return make_dataset().shard(context.num_input_pipelines, context.input_pipeline_id).repeat()
 
     steps = max(1, -(-rows // batch_size))

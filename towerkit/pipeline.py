@@ -25,10 +25,10 @@ from towerkit import config as recipe_config
 from towerkit.checkpoints import check_identity, checkpointing, config_identity, discard_history, set_aside, trim_history
 from towerkit.components import load_dataset
 from towerkit.datasets.base import to_tf_dataset
-from towerkit.distribute import fit_input, is_chief, make_strategy, worker_id
-from towerkit.errors import TowerkitError
+from towerkit.distribute import fit_input, is_chief, is_parameter_server, make_strategy, worker_id
+from towerkit.errors import ConfigError, TowerkitError
 from towerkit.early_stopping import ValidationEarlyStopping
-from towerkit.evaluation import evaluate_all
+from towerkit.evaluation import evaluate_all, sample_test_queries
 from towerkit.export import export_model
 from towerkit.indexes.base import check_k
 from towerkit.models import build_index, build_model
@@ -60,12 +60,18 @@ class DivergenceGuard(tf.keras.callbacks.Callback):
             )
 
 
-def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_buffer: int, seed: int,
+                     input_context: Any = None) -> tf.data.Dataset:
     """The tutorial's ``train.shuffle(100_000).batch(8192).cache()``, seeded and prefetched.
 
     Only the features the towers read are sliced, so no time goes into
-    carrying unused columns through the pipeline.
+    carrying unused columns through the pipeline. A dataset with a
+    ``train_stream`` method (e.g. ``interactions`` with ``stream = true``)
+    supplies its own stream instead, sharded by ``input_context``.
     """
+    stream = getattr(data, "train_stream", None)
+    if callable(stream):
+        return stream(keys, batch_size, shuffle_buffer=shuffle_buffer, seed=seed, input_context=input_context)
     options = tf.data.Options()
     # In-memory data has no files to shard: under a multi-worker strategy each
     # worker takes every n-th batch.
@@ -80,15 +86,31 @@ def training_dataset(data: Any, keys: tuple[str, ...], batch_size: int, shuffle_
     )
 
 
+def evaluation_data(ctx: RunContext) -> Any:
+    """The dataset the test split is evaluated on: all of it, or ``evaluate.max_queries`` test queries."""
+    max_queries = ctx.config["evaluate"].get("max_queries", 0)
+    if not max_queries:
+        return ctx.data
+    if getattr(ctx, "sampled_data", None) is None:
+        ctx.sampled_data = sample_test_queries(ctx.data, max_queries, ctx.config["train"]["seed"])
+    return ctx.sampled_data
+
+
 def stage_load(ctx: RunContext) -> None:
     """Loads the dataset and checks what depends on its size (the index's k) before any training."""
     name, options = recipe_config.component_config(ctx.config["dataset"])
     ctx.log(f"loading dataset {name} ...")
     ctx.data = load_dataset(name, **options)
+    if getattr(ctx.data, "stream_runs_in_process", False) and is_parameter_server(ctx.strategy):
+        raise ConfigError(f"dataset {name!r} streams its training rows from files in this process, which "
+                          "parameter-server workers cannot run; use strategy \"multi-worker\" (each worker reads "
+                          "its own shards) or load the data in memory.")
+    evaluation_data(ctx)  # a streamed dataset reads its evaluation sample before the towers adapt
     check_k(ctx.config["index"]["k"], len(ctx.data.candidate_ids), ctx.config["index"]["name"])
     info = ctx.data.describe()
     ctx.log(f"  {info['interactions']:,} interactions ({info['train']:,} train / {info['test']:,} test), "
-            f"{info['queries']:,} queries, {info['candidates']:,} candidates")
+            f"{info['queries']:,} queries, {info['candidates']:,} candidates"
+            + (f", streamed from {info['files']} Parquet file(s)" if info.get("stream") else ""))
 
 
 def stage_build(ctx: RunContext) -> None:
@@ -117,7 +139,7 @@ def _callbacks(ctx: RunContext) -> tuple[list[Any], EpochEvaluation | None, int]
     guard = DivergenceGuard(ctx.config["optimizer"]["learning_rate"])
     if not ctx.chief:
         return [guard, saver], None, initial_epoch
-    curves = EpochEvaluation(ctx.data, ctx.config["evaluate"]["ks"]) if ctx.config["evaluate"]["every_epoch"] else None
+    curves = EpochEvaluation(evaluation_data(ctx), ctx.config["evaluate"]["ks"]) if ctx.config["evaluate"]["every_epoch"] else None
     # The guard runs first, so a diverged epoch is never evaluated, logged or checkpointed;
     # the CSV row is on disk before the checkpoint, so a resumed run never lacks a row.
     callbacks = [guard, *([curves] if curves else []), tf.keras.callbacks.CSVLogger(str(history), append=True), saver]
@@ -134,9 +156,11 @@ def stage_fit(ctx: RunContext) -> None:
     """Trains for the recipe's epochs (from the last checkpoint when resuming)."""
     train = ctx.config["train"]
     # Under parameter-server, each worker builds its share of the input; elsewhere this is the dataset.
-    dataset, fit_options = fit_input(ctx.strategy, lambda: training_dataset(
-        ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"]),
-        len(ctx.data.train_rows), train["batch_size"])
+    streamed = callable(getattr(ctx.data, "train_stream", None))
+    dataset, fit_options = fit_input(ctx.strategy, lambda context=None: training_dataset(
+        ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"], context),
+        ctx.data.describe()["train"] if streamed else len(ctx.data.train_rows), train["batch_size"],
+        shards_itself=streamed)
     callbacks, curves, initial_epoch = _callbacks(ctx)
     ctx.log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
     tick = time.perf_counter()
@@ -154,7 +178,13 @@ def stage_evaluate(ctx: RunContext) -> None:
     """Exact test top-k of the model and of the dataset's baselines, logged as a small table."""
     evaluation = ctx.config["evaluate"]
     ctx.log("evaluating on the test split (exact top-k over all candidates) ...")
-    ctx.results = evaluate_all(ctx.model, ctx.data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"],
+    data = evaluation_data(ctx)
+    sample = getattr(data, "evaluation_sample", None)
+    if sample:
+        ctx.log(f"  on a sample of {sample['queries']:,} of {sample['test_queries']:,} test queries "
+                f"(evaluate.max_queries = {evaluation.get('max_queries') or 'all'})")
+        ctx.metrics["test_sample"] = {**sample, "test_rows": int(len(data.test_rows))}
+    ctx.results = evaluate_all(ctx.model, data, evaluation["ks"], evaluation["exclude_train"], evaluation["batch_size"],
                                evaluation.get("baselines"))
     for excluding in (False, True) if evaluation["exclude_train"] else (False,):
         if excluding:

@@ -94,6 +94,8 @@ class InteractionsDataset(RetrievalDataset):
             same rows as ``movielens-100k``; about 1 s per million rows),
             ``"numpy"`` uses a seeded NumPy permutation (fast, other rows),
             ``"auto"`` the first up to 1M rows, else the second.
+        stream: Train from Parquet shards without loading them whole (see
+            towerkit.datasets.streaming: the split is then decided row by row).
 
     Example:
         >>> data = towerkit.load_dataset("interactions", path="events.csv",
@@ -101,6 +103,14 @@ class InteractionsDataset(RetrievalDataset):
     """
 
     name = "interactions"
+
+    def __new__(cls, *args: Any, stream: bool = False, **options: Any) -> "InteractionsDataset":
+        # stream = true reads Parquet shards batch by batch (towerkit.datasets.streaming).
+        if stream is True and cls is InteractionsDataset:
+            from towerkit.datasets.streaming import StreamedInteractions
+
+            return super().__new__(StreamedInteractions)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -117,7 +127,13 @@ class InteractionsDataset(RetrievalDataset):
         leave_last: int = 1,
         text_columns: Sequence[str] = (),
         shuffle: str = "auto",
+        stream: bool = False,
     ):
+        if not isinstance(stream, bool):
+            raise ConfigError(f"stream must be true or false, got {stream!r}.")
+        if stream:
+            raise ConfigError(f"stream = true is offered by the interactions dataset itself, not by "
+                              f"{type(self).__name__}; use name = \"interactions\".")
         self._build(path, query_id, candidate_id, timestamp, candidates, queries, split, test_fraction,
                     validation_fraction, seed, leave_last, text_columns, shuffle)
 
@@ -146,8 +162,8 @@ class InteractionsDataset(RetrievalDataset):
     # Loading ---------------------------------------------------------------------------------
     def _build(self, source, query_id, candidate_id, timestamp=None, candidates=None, queries=None,
                split="random", test_fraction=None, validation_fraction=0.0, seed=42, leave_last=1,
-               text_columns=(), shuffle="auto"):
-        split_options = _check_options(query_id, candidate_id, timestamp, split, test_fraction,
+               text_columns=(), shuffle="auto", parts=None):
+        split_options = check_split_options(query_id, candidate_id, timestamp, split, test_fraction,
                                        validation_fraction, seed, leave_last)
         if shuffle not in SHUFFLES:
             raise ConfigError(f"shuffle must be one of {', '.join(SHUFFLES)}, got {shuffle!r}.")
@@ -179,8 +195,11 @@ class InteractionsDataset(RetrievalDataset):
             candidates, "candidates", candidate_id, candidate_ids, candidate_codes, columns, text_columns)
         self.query_features, self.query_feature_columns = self._side_table(
             queries, "queries", query_id, query_ids, query_codes, columns, text_columns)
-        train_rows, test_rows, self.validation_rows = _split_rows(
-            split, len(query_codes), split_options, query_codes, columns.get(timestamp) if timestamp else None)
+        if parts is None:
+            train_rows, test_rows, self.validation_rows = _split_rows(
+                split, len(query_codes), split_options, query_codes, columns.get(timestamp) if timestamp else None)
+        else:  # decided row by row already (stream = true): 0 train, 1 test, 2 validation
+            train_rows, test_rows, self.validation_rows = (np.flatnonzero(parts == part) for part in (0, 1, 2))
         interactions: Features = {query_id: query_ids[query_codes]}
         del query_codes
         interactions[candidate_id] = candidate_ids[candidate_codes]
@@ -265,7 +284,7 @@ def _id_option(option: str) -> str:
     return "candidate_id" if option == "candidates" else "query_id"
 
 
-def _check_options(query_id, candidate_id, timestamp, split, test_fraction, validation_fraction, seed,
+def check_split_options(query_id, candidate_id, timestamp, split, test_fraction, validation_fraction, seed,
                    leave_last) -> dict[str, Any]:
     """Validates the recipe's split options; returns the resolved ones."""
     for option, value in (("query_id", query_id), ("candidate_id", candidate_id)):
