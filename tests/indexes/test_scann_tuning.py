@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import towerkit
 from towerkit.indexes.recall_tuning import (
-    LEAF_FRACTIONS, REORDER_GRID, choose_search, exact_top_k, recall_at_k, search_cost,
+    REORDER_GRID, aimed_recall, choose_search, exact_top_k, fewest_leaves, recall_at_k, search_cost,
 )
 
 K = 10
@@ -44,6 +44,7 @@ def test_target_recall_is_reached_on_queries_the_tuning_never_saw(gaussian, targ
     params = index.parameters()
     assert params["target_recall"] == target and params["target_reached"] is True
     assert params["reached_recall"] >= target and params["tuning_queries"] == 1000
+    assert params["tuned_latency_ms"] > 0  # the choice was timed, not modelled
     found = index(tf.constant(held_out))[1].numpy()
     # The tuning aims two standard errors above the target; held-out queries land within noise of it.
     assert recall_at_k(found, exact) >= target - 0.01
@@ -62,25 +63,85 @@ def test_a_higher_target_buys_more_search_and_the_default_misses_it(gaussian):
     assert recall_at_k(default(tf.constant(held_out))[1].numpy(), exact) < 0.9
 
 
-def test_choose_search_keeps_the_cheapest_pair_that_reaches_the_target():
-    exact = np.tile(np.arange(K), (50, 1))
-
+def _synthetic_search(exact):
+    """Recall grows with both knobs: leaves/10 + reorder/100 of the top k are found, capped at all."""
     def found(leaves, reorder):
-        # Recall grows with both knobs: leaves/10 + reorder/1000 of the top k are found, capped at all.
         hits = min(K, int(leaves / 10 + reorder / 100))
-        return np.concatenate([exact[:, :hits], np.full((50, K - hits), -1)], axis=1)
+        return np.concatenate([exact[:, :hits], np.full((len(exact), K - hits), -1)], axis=1)
+    return found
 
+
+def _reaching(found, exact, target, num_leaves):
+    return [(leaves, reorder) for leaves in range(1, num_leaves + 1) for reorder in sorted({max(K, r) for r in REORDER_GRID})
+            if recall_at_k(found(leaves, reorder), exact) >= target]
+
+
+def test_choose_search_keeps_the_cheapest_modelled_pair_without_timings():
+    exact = np.tile(np.arange(K), (50, 1))
+    found = _synthetic_search(exact)
     choice = choose_search(found, exact, 0.8, num_leaves=100, num_candidates=1_000_000, k=K)
     assert choice["target_reached"] and choice["reached_recall"] >= 0.8
-    leaves, reorder = choice["num_leaves_to_search"], choice["num_reordering_candidates"]
-    chosen_cost = search_cost(leaves, reorder, 100, 1_000_000)
-    grid_leaves = sorted({max(1, round(100 * f)) for f in LEAF_FRACTIONS})
-    reaching = [(other_leaves, other_reorder) for other_leaves in grid_leaves for other_reorder in REORDER_GRID
-                if recall_at_k(found(other_leaves, other_reorder), exact) >= 0.8]
-    assert (leaves, reorder) in reaching
-    assert chosen_cost == min(search_cost(*pair, 100, 1_000_000) for pair in reaching)
+    reaching = _reaching(found, exact, 0.8, 100)  # every leaf count, not a grid
+    chosen = (choice["num_leaves_to_search"], choice["num_reordering_candidates"])
+    assert chosen in reaching
+    assert search_cost(*chosen, 100, 1_000_000) == min(search_cost(*pair, 100, 1_000_000) for pair in reaching)
     unreachable = choose_search(lambda leaves, reorder: np.full((50, K), -1), exact, 0.5, 100, 1_000_000, K)
     assert unreachable["target_reached"] is False and unreachable["reached_recall"] == 0.0
+
+
+@pytest.mark.parametrize("leaf_seconds, reorder_seconds", [(1e-3, 1e-6), (1e-6, 1e-3)])
+def test_choose_search_keeps_the_fastest_timed_pair(leaf_seconds, reorder_seconds):
+    """With timings, the measured fastest of all reaching settings wins, whichever knob is the dear one."""
+    exact = np.tile(np.arange(K), (50, 1))
+    found = _synthetic_search(exact)
+    timed = []
+
+    def latency(leaves, reorder):
+        timed.append((leaves, reorder))
+        return leaves * leaf_seconds + reorder * reorder_seconds
+
+    choice = choose_search(found, exact, 0.8, 100, 1_000_000, K, latency=latency)
+    reaching = _reaching(found, exact, 0.8, 100)
+    fastest = min(reaching, key=lambda pair: latency(*pair))
+    assert (choice["num_leaves_to_search"], choice["num_reordering_candidates"]) == fastest
+    assert choice["tuned_latency_ms"] == pytest.approx(1e3 * latency(*fastest), rel=1e-3)
+    assert set(timed) <= set(reaching)  # only settings that reach the target are worth timing
+
+
+@pytest.mark.parametrize("threshold", [1, 2, 3, 7, 64, 100, 101])
+@pytest.mark.parametrize("low", [1, 5])
+def test_fewest_leaves_agrees_with_a_linear_scan(threshold, low):
+    asked = []
+
+    def reaches(leaves):
+        asked.append(leaves)
+        return leaves >= threshold
+
+    expected = next((leaves for leaves in range(low, 101) if reaches(leaves)), None)
+    asked.clear()
+    assert fewest_leaves(reaches, low, 100) == expected
+    assert len(asked) <= 2 * 7 + 2  # galloping then bisection: logarithmic, not a scan
+
+
+def test_real_scann_tuning_picks_the_fewest_leaves_for_its_rescoring_size(gaussian):
+    """On a real ScaNN tree: the choice reaches the target, one leaf fewer at its rescoring size does not."""
+    from scann.scann_ops.py import scann_ops
+
+    candidates, tuning, _, _ = gaussian
+    queries = tuning[:300]
+    exact = exact_top_k(queries, candidates, K)
+    searcher = (scann_ops.builder(candidates, K, "dot_product").tree(num_leaves=200, num_leaves_to_search=200)
+                .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(REORDER_GRID[-1]).build())
+
+    def found(leaves, reorder):
+        return searcher.search_batched(tf.constant(queries), final_num_neighbors=K, pre_reorder_num_neighbors=reorder,
+                                       leaves_to_search=leaves).indices.numpy()
+
+    target = aimed_recall(0.95, len(queries), K)
+    choice = choose_search(found, exact, target, 200, len(candidates), K)
+    leaves, reorder = choice["num_leaves_to_search"], choice["num_reordering_candidates"]
+    assert choice["target_reached"] and recall_at_k(found(leaves, reorder), exact) >= target
+    assert leaves == 1 or recall_at_k(found(leaves - 1, reorder), exact) < target
 
 
 @pytest.mark.parametrize("options, words", [

@@ -3,8 +3,10 @@
 Recall@k is measured on a sample of real queries. The search effort has two knobs: how many
 tree leaves a query searches (each leaf's candidates are scored approximately) and how many of
 the best approximate candidates are rescored exactly. For each rescoring size, the fewest leaves
-reaching the target are found by bisection (recall grows with leaves), and the pair of least
-modelled cost wins.
+(any count, not a grid) reaching the target are found by galloping and bisection (recall grows
+with leaves). Those settings are then timed, single queries in interleaved rounds, and the
+fastest wins: which knob is cheaper depends on the data, the quantisation and the CPU, so it is
+measured rather than modelled.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import tensorflow as tf
 
 from towerkit.errors import ConfigError
 
-# Exact rescoring sizes tried (each at least k).
-REORDER_GRID = (50, 100, 200, 500, 1000, 2000)
-# Shares of the leaves tried per query.
-LEAF_FRACTIONS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+# Exact rescoring sizes tried (each at least k); for each, every leaf count can be chosen.
+REORDER_GRID = (20, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
+# Rounds of single-query timings per candidate setting, interleaved.
+LATENCY_ROUNDS = 5
 # An approximate (asymmetric-hashing) score costs about this share of an exact rescoring, which
 # reads a full-width vector from a random place in memory.
 APPROXIMATE_COST = 0.125
@@ -69,7 +71,9 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def search_cost(leaves: int, reorder: int, num_leaves: int, num_candidates: int) -> float:
-    """Modelled work of one query, in exact rescorings: leaf centroids, approximate scores, rescoring."""
+    """Modelled work of one query, in exact rescorings: leaf centroids, approximate scores, rescoring.
+
+    Used to rank settings only when no latency measurement is available."""
     approximate = leaves / num_leaves * num_candidates
     return (num_leaves + approximate) * APPROXIMATE_COST + reorder
 
@@ -81,19 +85,69 @@ def aimed_recall(target: float, queries: int, k: int) -> float:
     return min(1.0, target + 2 * error)
 
 
+def fewest_leaves(reaches: Callable[[int], bool], low: int, num_leaves: int) -> int | None:
+    """The fewest leaves in ``[low, num_leaves]`` for which ``reaches`` holds (it grows with leaves), or None.
+
+    Gallops up from ``low`` (1, 2, 4, ... times it) and then bisects, so that only the last step
+    searches many leaves: a search's cost grows with its leaves.
+    """
+    if reaches(low):
+        return low
+    below, step = low, 1
+    while True:  # invariant: reaches(below) is False
+        above = min(num_leaves, low + step)
+        if reaches(above):
+            break
+        if above == num_leaves:
+            return None
+        below, step = above, step * 2
+    while above - below > 1:
+        middle = (below + above) // 2
+        if reaches(middle):
+            above = middle
+        else:
+            below = middle
+    return above
+
+
+def reaching_settings(recall: Callable[[int, int], float], target: float, num_leaves: int,
+                      reorder_options: list[int]) -> list[tuple[int, int]]:
+    """Per rescoring size, the fewest leaves reaching ``target``: the (leaves, reorder) pairs worth timing.
+
+    Rescoring sizes are tried from the largest down; a smaller one never needs fewer leaves, so
+    each search starts where the previous one ended. Pairs that another beats on both knobs are dropped.
+    """
+    pairs: list[tuple[int, int]] = []
+    low = 1
+    for reorder in sorted(reorder_options, reverse=True):
+        leaves = fewest_leaves(lambda leaves: recall(leaves, reorder) >= target, low, num_leaves)
+        if leaves is None:
+            break  # fewer rescored candidates cannot reach it either
+        if pairs and pairs[-1][0] == leaves:
+            pairs[-1] = (leaves, reorder)  # as few leaves with fewer rescorings: the larger one is beaten
+        else:
+            pairs.append((leaves, reorder))
+        low = leaves
+    return pairs
+
+
 def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, target: float, num_leaves: int,
-                  num_candidates: int, k: int) -> dict[str, Any]:
-    """The cheapest (leaves searched, candidates rescored) whose recall@k reaches ``target``.
+                  num_candidates: int, k: int, latency: Callable[[int, int], float] | None = None
+                  ) -> dict[str, Any]:
+    """The fastest (leaves searched, candidates rescored) whose recall@k reaches ``target``.
 
     Args:
         found: Runs the approximate search with (leaves, reorder) and returns ``[queries, k]`` indices.
         exact: The exact top-k indices of the same queries.
+        latency: Times a single-query search with (leaves, reorder), in seconds. The settings that
+            reach the target (the fewest leaves for each rescoring size) are timed in interleaved
+            rounds and the fastest by median wins; without it, the least modelled cost
+            (:func:`search_cost`) wins.
 
     Returns:
         ``num_leaves_to_search``, ``num_reordering_candidates``, ``reached_recall`` and
         ``target_reached`` (False when even the most thorough search falls short; then that is chosen).
     """
-    leaf_options = sorted({max(1, min(num_leaves, round(num_leaves * f))) for f in LEAF_FRACTIONS})
     reorder_options = sorted({max(k, r) for r in REORDER_GRID})
     measured: dict[tuple[int, int], float] = {}
 
@@ -102,26 +156,29 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
             measured[leaves, reorder] = recall_at_k(found(leaves, reorder), exact)
         return measured[leaves, reorder]
 
-    best = None
-    high = len(leaf_options) - 1
-    for reorder in reorder_options:
-        if recall(leaf_options[high], reorder) < target:
-            continue
-        low = 0
-        while low < high:  # the fewest leaves reaching the target, for this rescoring size
-            middle = (low + high) // 2
-            if recall(leaf_options[middle], reorder) >= target:
-                high = middle
-            else:
-                low = middle + 1
-        leaves = leaf_options[high]
-        cost = search_cost(leaves, reorder, num_leaves, num_candidates)
-        if best is None or cost < best[0]:
-            best = (cost, leaves, reorder)
-    if best is None:
-        leaves, reorder = leaf_options[-1], reorder_options[-1]
+    pairs = reaching_settings(recall, target, num_leaves, reorder_options)
+    if not pairs:
+        leaves, reorder = num_leaves, reorder_options[-1]
         return {"num_leaves_to_search": leaves, "num_reordering_candidates": reorder,
                 "reached_recall": round(recall(leaves, reorder), 4), "target_reached": False}
-    _, leaves, reorder = best
-    return {"num_leaves_to_search": leaves, "num_reordering_candidates": reorder,
-            "reached_recall": round(recall(leaves, reorder), 4), "target_reached": True}
+    if latency is None or len(pairs) == 1:
+        leaves, reorder = min(pairs, key=lambda pair: search_cost(*pair, num_leaves, num_candidates))
+        timed = {}
+    else:
+        timed = time_settings(latency, pairs)
+        leaves, reorder = min(pairs, key=lambda pair: timed[pair])
+    choice = {"num_leaves_to_search": leaves, "num_reordering_candidates": reorder,
+              "reached_recall": round(recall(leaves, reorder), 4), "target_reached": True}
+    if timed:
+        choice["tuned_latency_ms"] = round(timed[leaves, reorder] * 1e3, 4)
+    return choice
+
+
+def time_settings(latency: Callable[[int, int], float], pairs: list[tuple[int, int]],
+                  rounds: int = LATENCY_ROUNDS) -> dict[tuple[int, int], float]:
+    """Median over ``rounds`` interleaved rounds (order reversed every other round) of each pair's latency."""
+    times: dict[tuple[int, int], list[float]] = {pair: [] for pair in pairs}
+    for round_number in range(rounds):
+        for pair in pairs if round_number % 2 == 0 else reversed(pairs):
+            times[pair].append(latency(*pair))
+    return {pair: float(np.median(values)) for pair, values in times.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,8 @@ from towerkit.towers.base import check_positive_int
 
 # Below this many candidates ScaNN's own guidance is to score them all exactly.
 BRUTE_FORCE_BELOW = 20_000
+# Tuning queries timed one at a time per candidate setting and round.
+LATENCY_QUERIES = 100
 
 
 def default_parameters(num_candidates: int) -> dict[str, Any]:
@@ -62,9 +65,10 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         dimensions_per_block: Asymmetric-hashing block size; default 2.
         brute_force: Score every candidate (exactly, in ScaNN); default below 20k candidates.
         target_recall: Recall@k to reach (e.g. 0.95); search effort is tuned to it at build time.
-            The cheapest ``num_leaves_to_search`` and ``num_reordering_candidates`` whose recall
-            against exact search reaches it are chosen, measured on a sample of real queries
-            (see :meth:`tune_with`); the reached recall and the choice go into :meth:`parameters`.
+            For each rescoring size the fewest ``num_leaves_to_search`` whose recall against exact
+            search reaches it is found, on a sample of real queries (see :meth:`tune_with`); those
+            settings are timed on single queries and the fastest is kept. The reached recall, the
+            choice and its measured latency go into :meth:`parameters`.
         tuning_sample: How many queries the tuning measures recall on (default 1,000).
         name: Layer name.
 
@@ -196,11 +200,26 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
             return result.indices.numpy()
 
         aim = aimed_recall(self._target_recall, len(queries), self._k)
-        choice = choose_search(found, exact, aim, self._chosen["num_leaves"],
-                               self.num_candidates, self._k)
+        choice = choose_search(found, exact, aim, self._chosen["num_leaves"], self.num_candidates, self._k,
+                               latency=self._latency_timer(searcher, queries))
         self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
                                   "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
         self._chosen.update(choice, target_recall=self._target_recall, tuning_queries=len(queries))
+
+    def _latency_timer(self, searcher: Any, queries: np.ndarray):
+        """Times single-query searches of a setting: the median over up to LATENCY_QUERIES tuning queries."""
+        singles = [tf.constant(query) for query in queries[:LATENCY_QUERIES]]
+
+        def latency(leaves: int, reorder: int) -> float:
+            times = []
+            for query in singles:
+                start = time.perf_counter()
+                searcher.search(query, final_num_neighbors=self._k, pre_reorder_num_neighbors=reorder,
+                                leaves_to_search=leaves).index.numpy()
+                times.append(time.perf_counter() - start)
+            return float(np.median(times))
+
+        return latency
 
     def _is_empty(self) -> bool:
         return self._serialized_searcher is None
