@@ -38,8 +38,9 @@ from towerkit.datasets.interactions import ColumnValues, InteractionsDataset, ch
 from towerkit.errors import ConfigError, DataError, FeatureError
 
 TRAIN, TEST, VALIDATION = 0, 1, 2
-# Rows per Parquet read while training or sampling: bounds the memory a read takes.
-ROWS_PER_READ = 65_536
+# Rows per Parquet read while training or sampling: bounds the memory a read takes
+# (each of the interleaved shards holds one read).
+ROWS_PER_READ = 16_384
 # Shards read at once by the training stream (rows of different shards mix in the shuffle buffer).
 INTERLEAVED_FILES = 4
 # Attributes that exist once the evaluation sample is read (see StreamedInteractions._materialise).
@@ -394,6 +395,10 @@ class StreamedInteractions(InteractionsDataset):
             values = self.candidate_features[key][self._candidate_rows[candidate_codes]]
         elif key == self.timestamp_key:
             values = tabular.timestamp_column(table.column(key), key, [(path, table.num_rows)])
+        elif pa.types.is_string(table.schema.field(key).type):
+            # Straight to UTF-8 bytes per row: a NumPy unicode column would take 4 bytes per character.
+            distinct, codes = tabular.encode_strings(table.column(key))
+            return np.char.encode(distinct, "utf-8")[codes]
         else:
             values = tabular.feature_column(table.column(key), key, [(path, table.num_rows)],
                                             allow_mixed=key in self._options["text_columns"])
