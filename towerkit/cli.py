@@ -332,9 +332,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise UserError(f"pass the query with one of --user, --feature KEY=VALUE or --query-json, "
                         f"not {' and '.join(given) or 'none'}.")
     if args.user is not None:
-        if len(specs) != 1:
-            raise UserError(f"this model reads {', '.join(specs)}; --user only feeds a single-feature query "
-                            "tower, so pass each feature with --feature KEY=VALUE (or use --query-json).")
+        known = export.known_features or {"features": {}}
+        if [key for key in list(specs)[1:] if key not in known["features"]]:
+            raise UserError(f"this model reads {', '.join(specs)}; --user only feeds the query id, so pass each "
+                            "feature with --feature KEY=VALUE (or use --query-json).")
         _warn_if_unknown(export, next(iter(specs)), _query_id(args.user))
         queries, exclusions = [{next(iter(specs)): _query_id(args.user)}], None
     elif args.feature:
@@ -343,6 +344,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         queries, exclusions = cli_input.split_exclusions(cli_input.queries_from_json(args.query_json))
     if args.exclude_seen:
         exclusions = _seen_exclusions(args.model, export, queries, exclusions)
+    # A known user's other features (e.g. their latest history) come from the export when not given.
+    queries = [{key: values[0] for key, values in export.with_known_features({k: [v] for k, v in query.items()}).items()}
+               for query in queries]
     scores, ids = export.recommend(cli_input.columns(queries, specs), exclude=exclusions)
     results = [_ranked(ids[n], scores[n], args.k) for n in range(len(queries))]
     if args.query_json:

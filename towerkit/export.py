@@ -21,7 +21,7 @@ from towerkit import files
 from towerkit.errors import TowerkitError
 
 from towerkit.export_format import (
-    EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE, QUERY_VOCABULARY_FILE, SEEN_FILE,
+    EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE, QUERY_FEATURES_FILE, QUERY_VOCABULARY_FILE, SEEN_FILE,
 )
 
 EXPORT_KIND = "export"
@@ -162,6 +162,11 @@ def serving_files(data: Any, model: Any) -> dict[str, bytes]:
     for query, candidate in zip(queries, candidates):
         seen.setdefault(str(query), []).append(str(candidate))
     result = {SEEN_FILE: json.dumps(seen).encode("utf-8")}
+    keys = list(model.query_tower.feature_keys)
+    current = getattr(data, "current_query_features", None)
+    features = current(keys[1:]) if callable(current) and len(keys) > 1 else {}
+    if features:
+        result[QUERY_FEATURES_FILE] = json.dumps({"id_feature": keys[0], "features": features}).encode("utf-8")
     vocabulary = getattr(model.query_tower, "vocabulary", None)
     if vocabulary is not None:
         result[QUERY_VOCABULARY_FILE] = json.dumps(list(vocabulary)).encode("utf-8")

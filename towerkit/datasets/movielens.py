@@ -248,6 +248,7 @@ class MovieLens100K(RetrievalDataset):
         super().__init__(interactions, candidates, train_rows, test_rows)
         self.validation_rows = validation_rows
         self.history_rows = history_rows
+        self.history_length = history_length
         self.split = split
         self.source = self._source
 
@@ -256,6 +257,28 @@ class MovieLens100K(RetrievalDataset):
         keys = list(self.interactions) if keys is None else list(dict.fromkeys(keys))
         self.check_features(keys, "the request")
         return {k: self.interactions[k][self.validation_rows] for k in keys}
+
+    def current_query_features(self, keys) -> dict[str, dict[str, Any]]:
+        """Each training user's query features as of the end of training, for serving by user id alone.
+
+        Only ``movie_history`` changes with time: a user's is the last
+        ``history_length`` movies it rated in the training rows, oldest first
+        (what a history-reading tower would see for a new interaction now).
+
+        Returns:
+            Feature -> user id -> value, for the features of ``keys`` that have one.
+        """
+        if "movie_history" not in keys or not self.history_length:
+            return {}
+        rows = self.train_rows
+        users = self.interactions["user_id"][rows]
+        order = np.lexsort((rows, self.interactions["timestamp"][rows], users))
+        users, movies = users[order], self.interactions["movie_id"][rows][order].astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        stops = np.r_[starts[1:], len(users)]
+        histories = {str(users[start]): movies[max(start, stop - self.history_length):stop].tolist()
+                     for start, stop in zip(starts.tolist(), stops.tolist())}
+        return {"movie_history": histories}
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from towerkit.errors import DataError, TowerkitError
-from towerkit.export_format import EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE
+from towerkit.export_format import EXTERNAL_INDEX_DIR, FORMAT_VERSION, METADATA_FILE, QUERY_FEATURES_FILE
 from towerkit.serving.queries import (
     FeatureSpec, QueryError, check_feature_names, check_requested_k, coerce_column, coerce_exclusions,
 )
@@ -76,6 +76,7 @@ class LoadedExport:
         if not isinstance(features, Mapping):
             raise QueryError(f"features must be a dict of feature -> one value per query, got "
                              f"{type(features).__name__}.", "features")
+        features = self.with_known_features(features)
         check_feature_names(list(features), self._specs)
         columns = {key: coerce_column(key, features[key], spec) for key, spec in self._specs.items()}
         sizes = {len(column) for column in columns.values()}
@@ -86,6 +87,54 @@ class LoadedExport:
         batch = sizes.pop()
         exclusions = None if exclude is None else coerce_exclusions(exclude, batch)
         return columns, exclusions, check_requested_k(self.k if k is None else k, self.k)
+
+    @property
+    def known_features(self) -> dict[str, Any] | None:
+        """What the export knows of its training queries: ``{"id_feature": KEY, "features": {KEY: {ID: VALUE}}}``.
+
+        Written by towerkit for a query tower that reads more than the query id
+        (e.g. a user's latest history), so a known query can be served from its id alone.
+        """
+        if not hasattr(self, "_known_features"):
+            known = self.read_json(QUERY_FEATURES_FILE)
+            if known is not None and not (
+                isinstance(known, dict) and isinstance(known.get("id_feature"), str)
+                and isinstance(known.get("features"), dict)
+                and all(isinstance(values, dict) for values in known["features"].values())
+            ):
+                raise DataError(f"{self.path / QUERY_FEATURES_FILE} is damaged (not an id feature and per-id "
+                                "feature tables); export the model again.")
+            self._known_features = known
+        return self._known_features
+
+    def with_known_features(self, features: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``features`` plus the query features the caller left out, filled in per query id.
+
+        A query seen in training gets its features as of the end of training
+        (see :attr:`known_features`); any other query gets an empty list for a
+        list-valued feature (no history yet). Features the caller gives are
+        never replaced, and a feature that cannot be filled stays missing.
+        """
+        known = self.known_features
+        if not known or not isinstance(features, Mapping) or known["id_feature"] not in features:
+            return features
+        missing = [key for key in known["features"] if key in self._specs and key not in features]
+        if not missing:
+            return features
+        ids = features[known["id_feature"]]
+        try:
+            ids = [] if isinstance(ids, (str, bytes)) else list(ids)
+        except TypeError:
+            ids = []
+        if not ids:
+            return features  # malformed or empty: check_query names the problem
+        keys = [i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i) for i in ids]
+        filled = dict(features)
+        for key in missing:
+            values = known["features"][key]
+            if self._specs[key].ragged or all(k in values for k in keys):
+                filled[key] = [values.get(k, []) for k in keys]
+        return filled
 
     def recommend(self, features: Mapping[str, Any], exclusions: Sequence[Sequence[str]] | None = None, *,
                   k: int | None = None, exclude: Sequence[Sequence[str]] | None = None) -> tuple[Any, Any]:

@@ -9,6 +9,7 @@ import tensorflow as tf
 from towerkit.errors import ConfigError
 from towerkit.towers.base import Tower, check_positive_int
 from towerkit.towers.features import CategoryEmbedding, MultiCategoryEmbedding, TextEmbedding, TimestampEmbedding
+from towerkit.towers.history import HistoryTower
 from towerkit.towers.id_embedding import IdEmbeddingTower
 from towerkit.towers.memory import check_weights_fit
 
@@ -34,6 +35,12 @@ class FeatureTower(Tower):
         multi_categories: List-valued label features and their label counts, mean-pooled.
         texts: Text features, as mean-pooled word embeddings.
         timestamps: Timestamp features, as quantile-bucket embeddings.
+        history: A feature holding each query's earlier items (a list of item
+            ids, such as ``movie_history``), pooled by a :class:`HistoryTower`
+            and added as one more part: the query is then described by who it
+            is and by what it met before.
+        history_length: Only the last this many items of the history are read.
+        history_pooling: ``"mean"`` or ``"attention"``.
         combine: ``"sum"`` or ``"concat"``.
         layers: Widths of the Dense stack after concatenation.
         l2: L2 penalty on the id embeddings a batch uses.
@@ -51,6 +58,9 @@ class FeatureTower(Tower):
         multi_categories: Mapping[str, int] | None = None,
         texts: Sequence[str] = (),
         timestamps: Sequence[str] = (),
+        history: str | None = None,
+        history_length: int = 50,
+        history_pooling: str = "mean",
         combine: str = "sum",
         layers: Sequence[int] | None = None,
         l2: float = 0.0,
@@ -70,6 +80,7 @@ class FeatureTower(Tower):
         self.categories, self.prefixes = list(categories), dict(prefixes or {})
         self.multi_categories = dict(multi_categories or {})
         self.texts, self.timestamps = list(texts), list(timestamps)
+        self.history, self.history_length, self.history_pooling = history, history_length, history_pooling
         self.ids = IdEmbeddingTower(id_feature, vocabulary, embedding_dim, num_oov_buckets, l2=l2, name="ids")
         self.parts: list[tf.keras.layers.Layer] = []
         for key in self.categories:
@@ -83,6 +94,9 @@ class FeatureTower(Tower):
         for key in self.timestamps:
             self.parts.append(TimestampEmbedding(key, embedding_dim, boundaries=state.get(f"time:{key}"),
                                                  name=f"time_{key}"))
+        if history is not None:
+            self.parts.append(HistoryTower(history, state.get(f"history:{history}"), embedding_dim, history_length,
+                                           history_pooling, name=f"history_{history}"))
         self.projection = None
         if combine == "concat":
             widths = layers or [embedding_dim]
@@ -98,7 +112,8 @@ class FeatureTower(Tower):
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
-        keys = [self.id_feature, *self.categories, *self.multi_categories, *self.texts, *self.timestamps]
+        keys = [self.id_feature, *self.categories, *self.multi_categories, *self.texts, *self.timestamps,
+                *([self.history] if self.history else [])]
         return tuple(dict.fromkeys(keys))
 
     @property
@@ -116,12 +131,15 @@ class FeatureTower(Tower):
     def adapt(self, features: Mapping[str, Any]) -> None:
         self.ids.adapt(features)
         for part in self.parts:
-            if hasattr(part, "adapt"):
+            if isinstance(part, HistoryTower):
+                part.adapt(features)  # a tower: it selects its own feature
+            elif hasattr(part, "adapt"):
                 part.adapt(features[part.feature])
 
     def call(self, features: Any) -> tf.Tensor:
         inputs = self.select(features)
-        embeddings = [self.ids(inputs)] + [part(inputs[part.feature]) for part in self.parts]
+        embeddings = [self.ids(inputs)] + [part(inputs if isinstance(part, HistoryTower) else inputs[part.feature])
+                                           for part in self.parts]
         if self.combine == "sum":
             return tf.add_n(embeddings)
         return self.projection(tf.concat(embeddings, axis=-1))
@@ -135,6 +153,8 @@ class FeatureTower(Tower):
                 state[f"text:{part.feature}"] = part.vocabulary
             elif isinstance(part, TimestampEmbedding):
                 state[f"time:{part.feature}"] = part.boundaries
+            elif isinstance(part, HistoryTower):
+                state[f"history:{part.feature}"] = part.vocabulary
         return {
             **super().get_config(),
             "id_feature": self.id_feature,
@@ -144,6 +164,9 @@ class FeatureTower(Tower):
             "multi_categories": self.multi_categories,
             "texts": self.texts,
             "timestamps": self.timestamps,
+            "history": self.history,
+            "history_length": self.history_length,
+            "history_pooling": self.history_pooling,
             "combine": self.combine,
             "layers": self.layer_widths,
             "l2": self.ids.l2,
