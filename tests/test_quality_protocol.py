@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import towerkit
 from towerkit import config as recipe_config
 from towerkit.baselines import check_specs, fit_baseline
-from towerkit.errors import ConfigError, UnknownComponentError
+from towerkit.errors import ConfigError, DataError, UnknownComponentError
 from towerkit.evaluation import evaluate_all, popularity_topk, topk_from_scores
 
 
@@ -350,3 +350,124 @@ def test_a_history_model_exports_and_serves_a_new_user_from_their_history(data_d
                   "-k", "5", "--json")
     assert cli.returncode == 0, cli.stderr
     assert [row["id"] for row in json.loads(cli.stdout)] == [i.decode() for i in ids[0]]
+
+
+# Cold-start users ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cold_start(tmp_path_factory):
+    """The same cold-start split of a small GroupLens set, without and with validation users."""
+    from conftest import write_grouplens
+
+    directory = tmp_path_factory.mktemp("cold-start")
+    write_grouplens(directory / "ml-100k")
+    options = dict(data_dir=str(directory), source="files", split="cold-start", cold_start_users=0.2,
+                   cold_start_history=5, history_length=8, split_seed=3)
+    return (towerkit.load_dataset("movielens-100k", **options),
+            towerkit.load_dataset("movielens-100k", validation_fraction=0.2, **options))
+
+
+def _first_by_time(data, user):
+    rows = np.flatnonzero(data.interactions["user_id"] == user)
+    return rows[np.lexsort((rows, data.interactions["timestamp"][rows]))]
+
+
+def test_cold_start_holds_out_whole_users_with_their_first_k_as_history(cold_start):
+    plain, carved = cold_start
+    users = plain.interactions["user_id"]
+    np.testing.assert_array_equal(carved.test_rows, plain.test_rows)  # validation users are drawn after the test users
+    test_users, validation_users = set(users[plain.test_rows]), set(users[carved.validation_rows])
+    assert len(test_users) == len(validation_users) == 12 and not test_users & validation_users  # 20% of 60
+    assert not (test_users | validation_users) & set(users[carved.train_rows])
+    assert set(carved.train_rows) <= set(plain.train_rows)
+    parts = [plain.train_rows, plain.test_rows, plain.history_rows]
+    assert sum(map(len, parts)) == len(users) == len(np.unique(np.concatenate(parts)))
+    for user in sorted(test_users):
+        ordered = _first_by_time(plain, user)
+        assert set(ordered[:5]) <= set(plain.history_rows) and set(ordered[5:]) <= set(plain.test_rows)
+        given = plain.interactions["movie_id"][ordered[:5]].astype(np.int64).tolist()
+        for row in ordered[5:]:  # every target is served from exactly the given history
+            assert plain.interactions["movie_history"][row].tolist() == given
+    assert plain.describe()["given_history"] == 5 * len(test_users)
+
+
+def test_cold_start_split_breaks_time_ties_by_row_and_checks_its_options():
+    from towerkit.datasets.splits import cold_start_split
+
+    rng = np.random.default_rng(1)
+    users, times = rng.integers(0, 30, 900).astype(str), rng.integers(0, 5, 900)  # many equal times
+    split = cold_start_split(users, times, 0.2, 0.1, 3, seed=0)
+    for user in np.unique(users[split.test]):
+        rows = np.flatnonzero(users == user)
+        ordered = rows[np.lexsort((rows, times[rows]))]
+        assert set(ordered[:3]) == set(split.history) & set(rows) and set(ordered[3:]) == set(split.test) & set(rows)
+    for bad in [dict(users_fraction=0.0), dict(users_fraction=0.6, validation_fraction=0.4),
+                dict(history_size=0), dict(validation_fraction=-0.1)]:
+        options = {**dict(users_fraction=0.2, validation_fraction=0.1, history_size=3), **bad}
+        with pytest.raises(ConfigError, match="cold_start|validation_fraction"):
+            cold_start_split(users, times, seed=0, **options)
+    with pytest.raises(DataError, match="cold_start_history"):
+        cold_start_split(users, times, 0.2, 0.0, 100, seed=0)
+
+
+def _given_and_train(data):
+    """Dense training matrix and each test user's given-history vector, built here, in sorted item order."""
+    items = sorted(data.candidate_ids.tolist())
+    train_users = sorted(set(data.interactions["user_id"][data.train_rows].tolist()))
+    matrix = np.zeros((len(train_users), len(items)))
+    for row in data.train_rows:
+        matrix[train_users.index(data.interactions["user_id"][row]), items.index(data.interactions["movie_title"][row])] = 1
+    test_users = sorted(set(data.interactions["user_id"][data.test_rows].tolist()))
+    given = np.zeros((len(test_users), len(items)))
+    for row in data.history_rows:
+        given[test_users.index(data.interactions["user_id"][row]), items.index(data.interactions["movie_title"][row])] = 1
+    order = [items.index(c) for c in data.candidate_ids.tolist()]
+    return matrix, np.array(test_users), given, order
+
+
+def test_ease_scores_a_held_out_user_from_their_given_history(cold_start):
+    data = cold_start[0]
+    matrix, test_users, given, order = _given_and_train(data)
+    l2 = 5.0
+    weights = np.zeros((matrix.shape[1], matrix.shape[1]))
+    for item in range(matrix.shape[1]):  # EASE = a ridge regression of each item on the others
+        others = [j for j in range(matrix.shape[1]) if j != item]
+        inputs = matrix[:, others]
+        weights[others, item] = np.linalg.solve(inputs.T @ inputs + l2 * np.eye(len(others)), inputs.T @ matrix[:, item])
+    _, scorer = fit_baseline({"name": "ease", "l2": l2}, data)
+    np.testing.assert_allclose(scorer(test_users), (given @ weights)[:, order], atol=1e-5)
+
+
+def test_als_folds_a_held_out_user_in_from_their_given_history(cold_start):
+    pytest.importorskip("implicit", reason="the als baseline is the optional extra towerkit[baselines]")
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    data = cold_start[0]
+    matrix, test_users, given, order = _given_and_train(data)
+    factors, regularization, alpha = 6, 0.1, 4.0
+    with threadpool_limits(1, "blas"):
+        direct = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha, iterations=5,
+                                         random_state=3, num_threads=1, calculate_training_loss=False)
+        direct.fit(sp.csr_matrix(matrix.astype(np.float32)), show_progress=False)
+    items = np.asarray(direct.item_factors, dtype=np.float64)
+    expected = []
+    for history in given:  # Hu-Koren-Volinsky's user step, confidence alpha on each given item (implicit's convention)
+        seen = items[history > 0]
+        system = items.T @ items + regularization * np.eye(factors) + (alpha - 1) * seen.T @ seen
+        expected.append(np.linalg.solve(system, alpha * seen.sum(axis=0)) @ items.T)
+    _, scorer = fit_baseline({"name": "als", "factors": factors, "regularization": regularization, "alpha": alpha,
+                              "iterations": 5, "seed": 3}, data)
+    np.testing.assert_allclose(scorer(test_users), np.array(expected)[:, order], atol=1e-4)
+
+
+def test_given_history_counts_as_seen_when_seen_items_are_excluded(cold_start):
+    from towerkit.evaluation import ranking_masks
+
+    data = cold_start[0]
+    _, excluding = ranking_masks(data, True)
+    for position, row in enumerate(data.test_rows[:40].tolist()):
+        user = data.interactions["user_id"][row]
+        given = set(data.interactions["movie_title"][_first_by_time(data, user)[:5]].tolist())
+        assert set(data.candidate_ids[excluding[position]].tolist()) == given

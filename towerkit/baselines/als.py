@@ -44,7 +44,7 @@ class ALS:
     Args:
         factors: Width of the user and item factors.
         regularization: The L2 penalty on the factors.
-        alpha: Confidence weight of an observed interaction (``1 + alpha``).
+        alpha: Confidence of an observed interaction (implicit scales the binary matrix by it).
         iterations: ALS sweeps.
         seed: Seeds the factors' initialisation.
         num_threads: CPU threads implicit uses (0: all cores).
