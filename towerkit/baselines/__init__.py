@@ -13,6 +13,14 @@ scorer maps an array of query ids (the dataset's ``query_id_key`` values) to a
 A query the baseline never saw in training must still get finite scores
 (popularity, say), never a constant row, which would tie every candidate.
 
+Cold start: a dataset may also have ``history_rows`` (``movielens-100k`` with
+``split = "cold-start"``): the given history of queries held out of training,
+such as a new user's first ratings. A baseline never learns from them, but
+its scorer may read them to score those queries, as a new user's ratings
+would be read at serving time, without refitting. ``train_matrix(data)``
+keeps them apart (``given``), and ``query_items(ids)`` gives each query's
+training items or, for a held-out query, its given history.
+
 A recipe picks the baselines with ``evaluate.baselines``: names, or tables
 with a ``name`` and the baseline's options::
 
