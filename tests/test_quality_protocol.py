@@ -362,8 +362,8 @@ def cold_start(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("cold-start")
     write_grouplens(directory / "ml-100k")
-    options = dict(data_dir=str(directory), source="files", split="cold-start", cold_start_users=0.2,
-                   cold_start_history=5, history_length=8, split_seed=3)
+    options = {"data_dir": str(directory), "source": "files", "split": "cold-start", "cold_start_users": 0.2,
+               "cold_start_history": 5, "history_length": 8, "split_seed": 3}
     return (towerkit.load_dataset("movielens-100k", **options),
             towerkit.load_dataset("movielens-100k", validation_fraction=0.2, **options))
 
@@ -402,9 +402,9 @@ def test_cold_start_split_breaks_time_ties_by_row_and_checks_its_options():
         rows = np.flatnonzero(users == user)
         ordered = rows[np.lexsort((rows, times[rows]))]
         assert set(ordered[:3]) == set(split.history) & set(rows) and set(ordered[3:]) == set(split.test) & set(rows)
-    for bad in [dict(users_fraction=0.0), dict(users_fraction=0.6, validation_fraction=0.4),
-                dict(history_size=0), dict(validation_fraction=-0.1)]:
-        options = {**dict(users_fraction=0.2, validation_fraction=0.1, history_size=3), **bad}
+    for bad in [{"users_fraction": 0.0}, {"users_fraction": 0.6, "validation_fraction": 0.4},
+                {"history_size": 0}, {"validation_fraction": -0.1}]:
+        options = {"users_fraction": 0.2, "validation_fraction": 0.1, "history_size": 3, **bad}
         with pytest.raises(ConfigError, match="cold_start|validation_fraction"):
             cold_start_split(users, times, seed=0, **options)
     with pytest.raises(DataError, match="cold_start_history"):
