@@ -1,17 +1,27 @@
-"""`towerkit serve` under load, on 127.0.0.1 only: QPS, p50/p99 latency, errors and server RSS.
+"""`towerkit serve` under load, on 127.0.0.1 only: QPS, p50/p99 latency, errors, and a memory soak.
 
 Trains a small synthetic model with ``--items`` candidates, exports it twice (brute force, and
-ScaNN tuned to ``index.target_recall = 0.95``), serves each with ``towerkit serve`` and drives it
-with an asyncio client at concurrency 1, 8 and 32, ``--requests`` requests per level. Every
-answer is checked (status 200, k ids, descending scores); any error fails the run. The server's
-resident memory is sampled throughout, to show it stays flat.
+ScaNN tuned to ``index.target_recall = 0.95``), then:
+
+1. **runs**: ``--runs`` interleaved rounds (brute force then ScaNN, then ScaNN then brute
+   force, ...); each run starts a fresh ``towerkit serve``, warms it up and drives it with an
+   asyncio client at concurrency 1, 8 and 32, ``--requests`` requests per level. QPS, p50 and
+   p99 are reported as median [min-max] over the runs.
+2. **soak**: a fresh server per export answers ``--soak`` requests at concurrency 32 while its
+   resident memory (RSS) is sampled every ``--sample-every`` requests; first, last and largest
+   sample and the least-squares slope (MB per 10k requests) are reported.
+
+Every answer is checked (status 200, k ids, descending scores; a quarter of the requests carry
+exclusions); any error fails the run. With ``--check``, exit 1 if any request failed, or the RSS
+grew by more than ``--rss-bound-mb`` from the first soak sample (taken after warm-up) to the last.
 
 Usage:
-    python benchmarks/serve_bench.py                         # full size: 100k requests per level
-    python benchmarks/serve_bench.py --items 2000 --requests 300 --coalescing   # a quick check
+    python benchmarks/serve_bench.py --check          # full size (about 6 minutes on a quiet 2-core machine)
+    python benchmarks/serve_bench.py --items 2000 --users 500 --requests 300 --soak 3000 --runs 1   # quick
+    python benchmarks/serve_bench.py --coalescing     # also every run with --max-batch 1 (no coalescing)
 
-``--coalescing`` also runs each export with ``--max-batch 1`` (no coalescing) for comparison.
-Exit status 1 if any request failed or RSS grew by more than ``--rss-slack-mb`` after warm-up.
+Full-size runs (the defaults, with at least 3 runs) write their output to
+benchmarks/results/serve_bench.txt.
 """
 
 from __future__ import annotations
@@ -28,12 +38,22 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # never anything else: the benchmark must not reach beyond this machine
 K = 10
+DEFAULT_MAX_BATCH = 64  # towerkit serve's default
+WARM_UP = 200  # requests at concurrency 8 before anything is measured
+SOAK_CONCURRENCY = 32
+# Allowed RSS growth over the soak. After warm-up, TF's allocator and Python's heap still settle
+# by a few MB; a per-request leak of even 1 KB would add 100 MB over 100k requests.
+RSS_BOUND_MB = 25.0
 
 
 def cli(*args: str) -> None:
@@ -136,9 +156,14 @@ def check(status: int, answer: dict) -> bool:
 
 
 async def drive(server: Server, concurrency: int, requests: int, users: int, items: int,
-                rss: list[float]) -> dict:
-    """Sends ``requests`` requests from ``concurrency`` workers; returns latency and error counts."""
+                sample_every: int = 0) -> dict:
+    """Sends ``requests`` requests from ``concurrency`` workers; returns latency and error counts.
+
+    With ``sample_every``, the server's RSS is also read after every that many answers:
+    ``rss`` holds (answers so far, MB) pairs.
+    """
     latencies: list[float] = []
+    rss: list[tuple[int, float]] = []
     errors = 0
     remaining = iter(range(requests))
     rng = random.Random(concurrency)
@@ -156,87 +181,139 @@ async def drive(server: Server, concurrency: int, requests: int, users: int, ite
                 ok = False
             latencies.append(time.perf_counter() - start)
             errors += not ok
+            if sample_every and len(latencies) % sample_every == 0:
+                rss.append((len(latencies), server.rss_mb()))
 
-    async def sample_rss(done: asyncio.Event) -> None:
-        while not done.is_set():
-            rss.append(server.rss_mb())
-            await asyncio.sleep(0.5)
-
-    done = asyncio.Event()
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        sampler = asyncio.create_task(sample_rss(done))
         start = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         wall = time.perf_counter() - start
-        done.set()
-        await sampler
     ordered = sorted(latencies)
-    return {"qps": len(latencies) / wall, "p50_ms": 1e3 * statistics.median(ordered),
-            "p99_ms": 1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "errors": errors,
-            "requests": len(latencies)}
+    return {"qps": len(latencies) / wall, "p50": statistics.median(ordered),
+            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "errors": errors,
+            "requests": len(latencies), "rss": rss}
 
 
-def bench_export(name: str, export: Path, args: argparse.Namespace, max_batch: int) -> list[dict]:
+def serving(export: Path, max_batch: int, args: argparse.Namespace, work: Callable[[Server], dict]) -> dict:
+    """Starts a fresh server, warms it up, does ``work`` with it and stops it (which must exit 0)."""
     server = Server(export, max_batch)
-    rows = []
     try:
-        rss: list[float] = []
-        asyncio.run(drive(server, 8, min(200, args.requests), args.users, args.items, []))  # warm-up
-        after_warmup = server.rss_mb()
-        for concurrency in args.concurrency:
-            result = asyncio.run(drive(server, concurrency, args.requests, args.users, args.items, rss))
-            rows.append({"export": name, "max_batch": max_batch, "concurrency": concurrency, **result})
-            print(f"{name:12} max-batch {max_batch:3d}  concurrency {concurrency:3d}: {result['qps']:8.1f} QPS  "
-                  f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  errors {result['errors']}  "
-                  f"RSS {server.rss_mb():7.1f} MB", flush=True)
-        rows[-1]["rss_after_warmup_mb"] = after_warmup
-        rows[-1]["rss_max_mb"] = max(rss)
-        rows[-1]["rss_end_mb"] = server.rss_mb()
+        asyncio.run(drive(server, 8, WARM_UP, args.users, args.items))
+        result = work(server)
     finally:
         code = server.stop()
     if code != 0:
         raise SystemExit(f"the server exited {code} on SIGTERM")
-    return rows
+    return result
 
 
-def main() -> int:
+def one_run(export: Path, max_batch: int, args: argparse.Namespace) -> Callable[[], dict]:
+    """A side for benchlib.interleave: a fresh server driven at each concurrency level."""
+    def levels(server: Server) -> dict:
+        return {concurrency: asyncio.run(drive(server, concurrency, args.requests, args.users, args.items))
+                for concurrency in args.concurrency}
+
+    return lambda: serving(export, max_batch, args, levels)
+
+
+def soak(export: Path, args: argparse.Namespace) -> dict:
+    """``--soak`` requests at concurrency 32 with RSS sampled every ``--sample-every``; its trend."""
+    result = serving(export, DEFAULT_MAX_BATCH, args, lambda server: asyncio.run(
+        drive(server, SOAK_CONCURRENCY, args.soak, args.users, args.items, args.sample_every)))
+    counts = [count for count, _ in result["rss"]]
+    sizes = [size for _, size in result["rss"]]
+    slope = 0.0
+    if len(counts) > 1:
+        mean_count, mean_size = statistics.fmean(counts), statistics.fmean(sizes)
+        slope = (sum((c - mean_count) * (s - mean_size) for c, s in zip(counts, sizes))
+                 / sum((c - mean_count) ** 2 for c in counts))
+    return {**result, "first": sizes[0], "last": sizes[-1], "max": max(sizes), "slope_per_10k": 1e4 * slope}
+
+
+def report_runs(report: benchlib.Report, results: dict[str, list[dict]], concurrency: list[int]) -> list[str]:
+    """The interleaved runs' table (median [min-max]); returns the runs that had errors."""
+    report.say(f"\n{'export':<24}{'concurrency':>12}{'QPS':>24}{'p50 ms':>26}{'p99 ms':>26}{'errors':>8}")
+    failures = []
+    for side, runs in results.items():
+        for level in concurrency:
+            rows = [run[level] for run in runs]
+            errors = sum(row["errors"] for row in rows)
+            report.say(f"{side:<24}{level:>12}{cell([r['qps'] for r in rows], 1.0, 0):>24}"
+                       f"{cell([r['p50'] for r in rows], 1e3):>26}{cell([r['p99'] for r in rows], 1e3):>26}"
+                       f"{errors:>8}")
+            if errors:
+                failures.append(f"{side} at concurrency {level}: {errors} errors")
+    return failures
+
+
+def cell(values: list[float], unit: float, digits: int = 2) -> str:
+    return benchlib.timing_cell(benchlib.summarize(values), unit, digits)
+
+
+def report_soak(report: benchlib.Report, name: str, result: dict, bound: float) -> list[benchlib.Check]:
+    samples = " ".join(f"{size:.1f}" for _, size in result["rss"])
+    report.say(f"soak {name}: {result['requests']:,} requests at concurrency {SOAK_CONCURRENCY}, "
+               f"{result['qps']:.0f} QPS, {result['errors']} errors; RSS first {result['first']:.1f} MB, "
+               f"last {result['last']:.1f} MB, max {result['max']:.1f} MB, slope "
+               f"{result['slope_per_10k']:+.2f} MB per 10k requests")
+    report.say(f"  RSS samples (MB): {samples}")
+    return [benchlib.Check(f"soak {name}: zero errors", result["errors"], "<=", 0),
+            benchlib.Check(f"soak {name}: RSS growth in MB from first to last sample <= {bound:g}",
+                           result["last"] - result["first"], "<=", bound)]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000, help="candidates (default %(default)s)")
     parser.add_argument("--users", type=int, default=10_000, help="query ids (default %(default)s)")
-    parser.add_argument("--requests", type=int, default=100_000, help="requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=3_000, help="requests per concurrency level and run "
+                                                                     "(default %(default)s)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs per export (default %(default)s)")
     parser.add_argument("--concurrency", type=lambda text: [int(c) for c in text.split(",")], default=[1, 8, 32],
                         help="comma-separated levels (default 1,8,32)")
+    parser.add_argument("--soak", type=int, default=100_000, help="soak requests per export (default %(default)s)")
+    parser.add_argument("--sample-every", type=int, default=5_000, help="soak requests between RSS samples")
+    parser.add_argument("--rss-bound-mb", type=float, default=RSS_BOUND_MB,
+                        help="allowed RSS growth over the soak (default %(default)s)")
     parser.add_argument("--coalescing", action="store_true", help="also run without coalescing (--max-batch 1)")
-    parser.add_argument("--rss-slack-mb", type=float, default=50.0, help="allowed RSS growth after warm-up")
-    parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--check", action="store_true", help="exit 1 on any error or RSS growth over the bound")
     args = parser.parse_args()
+    args.sample_every = max(1, min(args.sample_every, args.soak // 4 or 1))
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    report = benchlib.Report("serve_bench", sys.argv[1:])
+    report.machine("machine before")
+    report.say(f"request counts: {args.requests:,} per concurrency level {args.concurrency} x {args.runs} runs "
+               f"per export; soak {args.soak:,} per export at concurrency {SOAK_CONCURRENCY}, RSS every "
+               f"{args.sample_every:,}; warm-up {WARM_UP} per server")
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="towerkit-serve-bench-") as folder:
-        print(f"training and exporting ({args.items:,} candidates) ...", flush=True)
+        report.say(f"training and exporting ({args.items:,} candidates) ...")
         exports = build_exports(Path(folder), args.items, args.users)
-        rows = []
-        for name, export in exports.items():
-            for max_batch in ([64, 1] if args.coalescing else [64]):
-                rows += bench_export(name, export, args, max_batch)
-    print("\n| export | coalescing | concurrency | QPS | p50 ms | p99 ms | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['export']} | {'on' if row['max_batch'] > 1 else 'off'} | {row['concurrency']} | "
-              f"{row['qps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |")
-    failures = [f"{r['export']} at concurrency {r['concurrency']}: {r['errors']} errors" for r in rows if r["errors"]]
-    for row in rows:
-        if "rss_end_mb" in row:
-            growth = row["rss_end_mb"] - row["rss_after_warmup_mb"]
-            print(f"RSS {row['export']} (max-batch {row['max_batch']}): {row['rss_after_warmup_mb']:.1f} MB after "
-                  f"warm-up, {row['rss_max_mb']:.1f} MB max, {row['rss_end_mb']:.1f} MB at the end ({growth:+.1f} MB)")
-            if growth > args.rss_slack_mb:
-                failures.append(f"{row['export']}: RSS grew {growth:.1f} MB")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
-    for failure in failures:
-        print(f"FAIL  {failure}")
-    print("PASS  zero errors, flat RSS" if not failures else "")
-    return 1 if failures else 0
+        report.say(f"  done in {time.perf_counter() - start:.0f} s")
+        sides = {f"{name}{' (no coalescing)' if max_batch == 1 else ''}": one_run(export, max_batch, args)
+                 for name, export in exports.items() for max_batch in ([DEFAULT_MAX_BATCH, 1] if args.coalescing
+                                                                       else [DEFAULT_MAX_BATCH])}
+        failures = report_runs(report, benchlib.interleave(sides, args.runs), args.concurrency) if args.runs else []
+        report.say()
+        checks = [benchlib.Check(f"runs: zero errors ({failure})", 1, "<=", 0) for failure in failures]
+        checks += [check for name, export in exports.items() if args.soak
+                   for check in report_soak(report, name, soak(export, args), args.rss_bound_mb)]
+    report.say()
+    report.machine("machine after")
+    report.say(f"wall time {time.perf_counter() - start:.0f} s")
+    if args.runs and not failures:
+        report.say(f"PASS  runs: zero errors in {len(sides) * args.runs * len(args.concurrency) * args.requests:,} "
+                   "requests")
+    status = benchlib.finish(checks, args.check, report)
+    full_size = (args.items, args.users, args.requests, args.soak) == (100_000, 10_000, 3_000, 100_000)
+    if full_size and args.runs >= 3 and not args.coalescing:
+        report.say(f"wrote {report.write()}")
+    return status
 
 
 if __name__ == "__main__":
