@@ -389,7 +389,7 @@ def _split_rows(split: str, num_rows: int, options: Mapping[str, Any], query_cod
                 + ("each query needs more than leave_last interactions." if split == "leave-last" else
                    "the timestamps span no time to cut; use split = \"random\"." if split == "temporal" else
                    "use more rows or another test_fraction."))
-    return train.astype(np.int64), test.astype(np.int64), validation.astype(np.int64)
+    return train.astype(np.int64, copy=False), test.astype(np.int64, copy=False), validation.astype(np.int64, copy=False)
 
 
 def _random_split(num_rows: int, options: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -306,7 +306,8 @@ def timestamp_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[
         raise DataError(f"{locate_row(row, shards)} has no timestamp in column {name!r}; every interaction "
                         "needs one when timestamp is set, so fill it in or drop the row.")
     array = column.to_numpy()
-    return array.astype(np.float64) if array.dtype.kind == "f" else array.astype(np.int64)
+    # copy=False: an int64 or float64 column is already what is wanted (no second copy at peak memory).
+    return array.astype(np.float64, copy=False) if array.dtype.kind == "f" else array.astype(np.int64, copy=False)
 
 
 def _parse_times(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> pa.ChunkedArray:
@@ -354,7 +355,7 @@ def feature_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Pa
     if pa.types.is_integer(kind):
         if column.null_count:
             return column.cast(pa.float64()).to_numpy()
-        return column.to_numpy().astype(np.int64)
+        return column.to_numpy().astype(np.int64, copy=False)
     if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
         return column.cast(pa.float64()).to_numpy() if pa.types.is_decimal(kind) else column.to_numpy()
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
