@@ -1,52 +1,48 @@
-"""Loading your own data: load + split speed and peak memory of the interactions dataset.
+"""Loading your own data: load + split speed, peak memory, and one training epoch of the interactions dataset.
 
 Generates an interaction log (user id, item id, timestamp as int64 columns) in
 a temporary directory, as CSV and as Parquet, then loads and splits it with
 the ``interactions`` dataset (``split = "random"``) several times, each load in
 a fresh process so that its peak RSS is its own. Runs alternate between the
-formats (CSV, Parquet, CSV, ...) so that a change in machine load hits both.
+formats (CSV, Parquet; then Parquet, CSV; ...) so that a change in machine
+load hits both.
 
-Reports per format the median and the spread (min to max) of:
+Reports per format the median [min-max] of:
 
 * load + split throughput in rows/s (target for Parquet: at least 2M rows/s);
 * peak RSS above the process's RSS after imports, against the bytes of the
-  columns used as Arrow holds them (target: at most 3x).
+  columns used as Arrow holds them, 8 bytes per int64 cell (target: at most 3x).
 
-With ``--epoch`` it also times one training epoch of id-embedding towers from
-the Parquet file. The CPU model and load average are printed, since both move
-the numbers.
+Then it times one training epoch of ``features`` towers (user id, item id) from
+the Parquet file, each run in a fresh process: in memory, and (with
+``--stream``) streamed from the file with ``stream = true``. The CPU model and
+load average are printed, since both move the numbers; a full-size run (the
+defaults) writes what it printed to benchmarks/results/data_bench.txt.
 
 Usage: python benchmarks/data_bench.py [--rows 10000000] [--users 1000000] [--items 200000]
-                                       [--runs 3] [--shuffle auto] [--epoch]
+                                       [--runs 3] [--epoch-runs 3] [--stream] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
 
 FORMATS = ("csv", "parquet")
 COLUMNS = ("user", "item", "ts")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+DEFAULT_ROWS = 10_000_000
+TARGET_ROWS_PER_SECOND = 2_000_000
+TARGET_MEMORY_RATIO = 3.0
 
 
 def rss_bytes() -> int:
@@ -78,14 +74,14 @@ def generate(directory: Path, rows: int, users: int, items: int, seed: int = 0) 
 
 
 def column_bytes(path: Path) -> int:
-    """Bytes of the used columns as Arrow holds them once read (ids as read: text for CSV)."""
+    """Bytes of the used columns as Arrow holds them once read from Parquet (int64: 8 bytes a cell)."""
     import pyarrow.parquet as pq
 
     return pq.read_metadata(path).num_rows * 8 * len(COLUMNS)
 
 
-def child(path: str, shuffle: str) -> None:
-    """One measured load in this process; prints a JSON line."""
+def load_worker(path: str) -> dict:
+    """One measured load + split in this (fresh) process."""
     import pyarrow.compute  # noqa: F401  (imports are not the load's memory)
     import pyarrow.csv  # noqa: F401
     import pyarrow.parquet  # noqa: F401
@@ -95,104 +91,139 @@ def child(path: str, shuffle: str) -> None:
 
     baseline = rss_bytes()
     start = time.perf_counter()
-    data = InteractionsDataset(path, query_id="user", candidate_id="item", timestamp="ts", shuffle=shuffle)
+    data = InteractionsDataset(path, query_id="user", candidate_id="item", timestamp="ts")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     held = sum(array.nbytes for array in data.interactions.values())
-    print(json.dumps({"seconds": seconds, "rows": len(data.interactions["user"]), "baseline": baseline,
-                      "peak": peak, "held": held, "train": len(data.train_rows), "test": len(data.test_rows)}))
+    return {"seconds": seconds, "rows": len(data.interactions["user"]), "baseline": baseline, "peak": peak,
+            "held": held, "train": len(data.train_rows), "test": len(data.test_rows)}
 
 
-def measure(path: Path, shuffle: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", str(path), "--shuffle", shuffle],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"the load of {path} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def one_epoch(path: Path, batch_size: int = 8192) -> tuple[float, int]:
+def epoch_worker(path: str, streamed: bool, batch_size: int = 8192) -> dict:
+    """One training epoch of features towers (user id, item id) from the Parquet file, in this process."""
     import tensorflow as tf
 
     import towerkit
-    from towerkit.datasets.base import to_tf_dataset
-    from towerkit.datasets.interactions import InteractionsDataset
+    from towerkit.pipeline import training_dataset
 
-    data = InteractionsDataset(path, query_id="user", candidate_id="item")
+    start = time.perf_counter()
+    data = towerkit.load_dataset("interactions", path=path, query_id="user", candidate_id="item",
+                                 stream=streamed)
+    if streamed:
+        data.sample_test_queries(100)
     tf.keras.utils.set_random_seed(0)
     model = towerkit.assemble(query={"name": "features", "side": "query"},
                               candidate={"name": "features", "side": "candidate"}, data=data)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-    dataset = to_tf_dataset(data.train_features(model.feature_keys)).batch(batch_size).prefetch(2)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, verbose=0)
-    return time.perf_counter() - start, len(data.train_rows)
+    dataset = training_dataset(data, model.feature_keys, batch_size, shuffle_buffer=100_000, seed=0)
+    ready = time.perf_counter()
+    history = model.fit(dataset, epochs=1, verbose=0)
+    examples = data.describe()["train"]
+    return {"load_and_build": ready - start, "seconds": time.perf_counter() - ready, "examples": examples,
+            "loss": float(history.history["loss"][-1])}
 
 
-def _spread(values: list[float], scale: float = 1.0, fmt: str = "{:,.0f}") -> str:
-    values = [v / scale for v in values]
-    return f"{fmt.format(statistics.median(values))} (min {fmt.format(min(values))}, max {fmt.format(max(values))})"
+def measure_loads(paths: dict[str, Path], runs: int, report: benchlib.Report) -> dict[str, list[dict]]:
+    def side(fmt: str):
+        def run() -> dict:
+            result = benchlib.run_worker(__file__, ["load", str(paths[fmt])])
+            report.say(f"  load {fmt:<8} {result['seconds']:6.2f} s  {result['rows'] / result['seconds']:>12,.0f} rows/s"
+                       f"  peak RSS {(result['peak'] - result['baseline']) / 2**20:,.0f} MiB above baseline")
+            return result
+        return run
+
+    return benchlib.interleave({fmt: side(fmt) for fmt in FORMATS}, runs)
 
 
-def report(paths: dict[str, Path], results: dict[str, list[dict]], args: argparse.Namespace) -> None:
+def measure_epochs(path: Path, runs: int, streamed: bool, report: benchlib.Report) -> dict[str, list[dict]]:
+    def side(mode: str):
+        def run() -> dict:
+            result = benchlib.run_worker(__file__, ["epoch", str(path), mode])
+            report.say(f"  epoch {mode:<9} {result['seconds']:6.1f} s  "
+                       f"{result['examples'] / result['seconds']:>10,.0f} examples/s"
+                       f"  (load + build {result['load_and_build']:.1f} s, loss {result['loss']:.1f})")
+            return result
+        return run
+
+    modes = ["in-memory", *(["streamed"] if streamed else [])]
+    return benchlib.interleave({mode: side(mode) for mode in modes}, runs)
+
+
+def _cell(values: list[float], fmt: str = "{:,.0f}") -> str:
+    summary = benchlib.summarize(values)
+    return f"{fmt.format(summary['median'])} [{fmt.format(summary['min'])}-{fmt.format(summary['max'])}]"
+
+
+def report_loads(paths: dict[str, Path], results: dict[str, list[dict]], args, report: benchlib.Report) -> list:
     used = column_bytes(paths["parquet"])
-    print(f"\n{args.rows:,} rows; columns used: {', '.join(COLUMNS)} (int64), {used / 2**20:,.0f} MiB in Arrow; "
-          f"files: CSV {paths['csv'].stat().st_size / 2**20:,.0f} MiB, Parquet "
-          f"{paths['parquet'].stat().st_size / 2**20:,.0f} MiB")
-    print(f"{'format':<8}{'load + split rows/s':<44}{'peak RSS above baseline, MiB':<44}{'x column bytes'}")
-    verdicts = []
+    report.say()
+    report.say(f"{args.rows:,} rows; columns used: {', '.join(COLUMNS)} (int64), {used / 2**20:,.0f} MiB in Arrow; "
+               f"files: CSV {paths['csv'].stat().st_size / 2**20:,.0f} MiB, Parquet "
+               f"{paths['parquet'].stat().st_size / 2**20:,.0f} MiB; {args.runs} runs per format, interleaved")
+    report.say(f"{'format':<9}{'load + split, rows/s':<36}{'peak RSS above baseline, MiB':<32}{'x column bytes'}")
+    checks = []
     for fmt in FORMATS:
         runs = results[fmt]
         speeds = [r["rows"] / r["seconds"] for r in runs]
-        growth = [r["peak"] - r["baseline"] for r in runs]
-        ratios = [g / used for g in growth]
-        print(f"{fmt:<8}{_spread(speeds):<44}{_spread(growth, 2**20):<44}{_spread(ratios, fmt='{:.2f}')}")
+        ratios = [(r["peak"] - r["baseline"]) / used for r in runs]
+        report.say(f"{fmt:<9}{_cell(speeds):<36}{_cell([(r['peak'] - r['baseline']) / 2**20 for r in runs]):<32}"
+                   f"{_cell(ratios, '{:.2f}')}")
         if fmt == "parquet":
-            verdicts.append(("load + split >= 2M rows/s (Parquet, median)", statistics.median(speeds) >= 2e6))
-        verdicts.append((f"peak RSS <= 3x column bytes ({fmt}, median)", statistics.median(ratios) <= 3))
+            checks.append(benchlib.Check("Parquet load + split rows/s, median >= 2M",
+                                         benchlib.summarize(speeds)["median"], ">=", TARGET_ROWS_PER_SECOND))
+        checks.append(benchlib.Check(f"{fmt} peak RSS / column bytes, median <= 3",
+                                     benchlib.summarize(ratios)["median"], "<=", TARGET_MEMORY_RATIO))
     first = results["parquet"][0]
-    held_ratios = [(r["peak"] - r["baseline"]) / r["held"] for fmt in FORMATS for r in results[fmt]]
-    print(f"peak RSS above baseline vs the NumPy columns the dataset holds: {_spread(held_ratios, fmt='{:.2f}')}x")
-    print(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as fixed-width text); "
-          f"process baseline after imports {first['baseline'] / 2**20:,.0f} MiB; "
-          f"split {first['train']:,} train / {first['test']:,} test, shuffle {args.shuffle}")
-    for label, ok in verdicts:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
+    report.say(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as fixed-width "
+               f"text, 4 bytes a character); process baseline after imports {first['baseline'] / 2**20:,.0f} MiB; "
+               f"split {first['train']:,} train / {first['test']:,} test")
+    return checks
 
 
-def main() -> None:
+def report_epochs(results: dict[str, list[dict]], runs: int, report: benchlib.Report) -> None:
+    report.say()
+    report.say(f"one epoch from the Parquet file, features towers (user id, item id), batch 8192; {runs} run(s) "
+               "per mode, interleaved, each in a fresh process")
+    report.say(f"{'mode':<11}{'epoch seconds':<28}{'examples/s':<32}{'load + build seconds'}")
+    for mode, rows in results.items():
+        report.say(f"{mode:<11}{_cell([r['seconds'] for r in rows], '{:.1f}'):<28}"
+                   f"{_cell([r['examples'] / r['seconds'] for r in rows]):<32}"
+                   f"{_cell([r['load_and_build'] for r in rows], '{:.1f}')}")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--epoch", action="store_true", help="also time one training epoch from the Parquet file")
-    parser.add_argument("--shuffle", default="auto", choices=("auto", "tutorial", "numpy"),
-                        help="the random split's shuffle (auto: the tutorial's up to 1M rows, NumPy above)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3, help="loads per format (interleaved)")
+    parser.add_argument("--epoch-runs", type=int, default=3, help="training epochs per mode (0: none)")
+    parser.add_argument("--stream", action="store_true", help="also time an epoch streamed with stream = true")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(args.child, args.shuffle)
-        return
-    print(f"CPU: {cpu_model()} x {os.cpu_count()}; load average before: "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if args.worker:
+        kind, path, *rest = args.worker
+        benchlib.emit_result(load_worker(path) if kind == "load" else epoch_worker(path, rest[0] == "streamed"))
+        return 0
+    command = [a for a in sys.argv[1:]]
+    report = benchlib.Report("data_bench", command)
+    report.machine("machine before")
     with tempfile.TemporaryDirectory(prefix="towerkit-data-bench-") as directory:
         start = time.perf_counter()
         paths = generate(Path(directory), args.rows, args.users, args.items)
-        print(f"generated {args.rows:,} rows as CSV and Parquet in {time.perf_counter() - start:.1f} s")
-        results: dict[str, list[dict]] = {fmt: [] for fmt in FORMATS}
-        for run in range(args.runs):
-            for fmt in FORMATS:
-                results[fmt].append(measure(paths[fmt], args.shuffle))
-                last = results[fmt][-1]
-                print(f"  run {run + 1} {fmt:<8} {last['seconds']:6.2f} s  {last['rows'] / last['seconds']:>12,.0f} rows/s"
-                      f"  peak RSS {last['peak'] / 2**20:,.0f} MiB", flush=True)
-        report(paths, results, args)
-        if args.epoch:
-            seconds, examples = one_epoch(paths["parquet"])
-            print(f"one epoch from Parquet: {seconds:.1f} s, {examples / seconds:,.0f} examples/s over {examples:,}")
-    print(f"load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        report.say(f"generated {args.rows:,} rows ({args.users:,} users, {args.items:,} items) as CSV and Parquet "
+                   f"in {time.perf_counter() - start:.1f} s")
+        checks = report_loads(paths, measure_loads(paths, args.runs, report), args, report)
+        if args.epoch_runs:
+            report_epochs(measure_epochs(paths["parquet"], args.epoch_runs, args.stream, report), args.epoch_runs,
+                          report)
+    report.say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    status = benchlib.finish(checks, args.check, report)
+    if args.rows == DEFAULT_ROWS and args.runs >= 3:
+        report.say(f"written to {report.write()}")
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
