@@ -403,23 +403,30 @@ def fit_input(strategy: Any, make_dataset: Callable[..., Any], rows: int,
     (or None) and reads only that input pipeline's share (e.g. its files). Under
     a multi-replica or multi-worker strategy it goes through
     ``strategy.distribute_datasets_from_function``, so each worker calls it
-    once with its own pipeline id; under parameter-server each worker calls it
-    with its own context instead of taking every n-th batch.
+    once with its own pipeline id and repeats its share, and
+    ``steps_per_epoch`` makes an epoch the training rows' worth of global
+    batches; under parameter-server each worker calls it with its own context
+    instead of taking every n-th batch.
     """
     import tensorflow as tf
 
+    steps = max(1, -(-rows // batch_size))
     if not is_parameter_server(strategy):
         if not shards_itself:
             return make_dataset(), {}
         several = strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        return (strategy.distribute_datasets_from_function(make_dataset) if several else make_dataset(None)), {}
+        if not several:
+            return make_dataset(None), {}
+        # Keras needs a step count for a distributed dataset; workers' shares differ in size,
+        # so each repeats its own and an epoch is the training rows' worth of global batches.
+        return (strategy.distribute_datasets_from_function(lambda context: make_dataset(context).repeat()),
+                {"steps_per_epoch": steps})
 
     def per_worker(context: "tf.distribute.InputContext") -> "tf.data.Dataset":
         if shards_itself:
             return make_dataset(context).repeat()
         return make_dataset().shard(context.num_input_pipelines, context.input_pipeline_id).repeat()
 
-    steps = max(1, -(-rows // batch_size))
     return tf.keras.utils.experimental.DatasetCreator(per_worker), {"steps_per_epoch": steps}
 
 
