@@ -262,3 +262,12 @@ def test_two_workers_stream_their_own_shards_and_the_chief_exports(tmp_path):
     assert "2 replicas" in results[0][0]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["dataset"]["stream"] is True and metrics["test"]["model"]["all"]["top_5"] > 0
+
+
+def test_a_negative_max_queries_is_refused_before_any_work(tmp_path):
+    shards = _shards(tmp_path / "events", _log(200), 1)
+    recipe = _recipe(tmp_path, shards)
+    recipe.write_text(recipe.read_text().replace("max_queries = 40", "max_queries = -1"))
+    result = run_cli("train", str(recipe), "--output", str(tmp_path / "run"))
+    assert result.returncode == 2 and "evaluate.max_queries" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
