@@ -20,7 +20,7 @@ load average are printed, since both move the numbers; a full-size run (the
 defaults) writes what it printed to benchmarks/results/data_bench.txt.
 
 Usage: python benchmarks/data_bench.py [--rows 10000000] [--users 1000000] [--items 200000]
-                                       [--runs 3] [--epoch-runs 3] [--stream] [--check]
+                                       [--runs 3] [--epoch-runs 1] [--stream] [--check]
 """
 
 from __future__ import annotations
@@ -197,7 +197,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=3, help="loads per format (interleaved)")
-    parser.add_argument("--epoch-runs", type=int, default=3, help="training epochs per mode (0: none)")
+    parser.add_argument("--epoch-runs", type=int, default=1,
+                        help="training epochs per mode, each in a fresh process (0: none; one epoch of 8M rows takes minutes)")
     parser.add_argument("--stream", action="store_true", help="also time an epoch streamed with stream = true")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)

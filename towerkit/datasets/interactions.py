@@ -210,7 +210,8 @@ class InteractionsDataset(RetrievalDataset):
     def _side_table(self, source, option, id_key, distinct_ids, codes, interactions, text_columns):
         """Reads a candidates/queries table, checks its ids and joins its columns onto the interactions."""
         if source is None:
-            return {id_key: np.unique(distinct_ids)}, ()
+            # The distinct ids are distinct already: sorting is enough (np.unique would hash them again).
+            return {id_key: np.sort(distinct_ids)}, ()
         table, shards, where = _load_table(source, [id_key, *text_columns], option)
         tabular.require_columns(table, {_id_option(option): id_key}, where)
         if table.num_rows == 0:
