@@ -61,12 +61,13 @@ ALS_GRID = [{"name": "als", "factors": f, "regularization": r, "alpha": a, "iter
             for f in (16, 32, 64, 128) for r in (0.01, 0.1, 1.0) for a in (1.0, 5.0, 10.0)]
 # Two-tower variants: recipe overrides, each with early stopping on validation top-100.
 RANDOM_VARIANTS = {
-    "default": [],
-    "dim64": ["query_tower.embedding_dim=64", "candidate_tower.embedding_dim=64"],
-    "l2-0.01": ["query_tower.l2=0.01", "candidate_tower.l2=0.01"],
-    "batch1024": ["train.batch_size=1024"],
-    "temp0.5": ["task.temperature=0.5"],
+    "default": [],  # the user id plus its latest 10 movies, mean-pooled
+    "history-20": ["query_tower.history=20"],
+    "attention-10": ['query_tower.history_pooling="attention"'],
+    "no-history": ["query_tower.history=0"],  # round 2's recipe: the user id alone
 }
+# The random protocol's data carries the longest history any variant reads; a tower keeps its own last N.
+RANDOM_HISTORY_LENGTH = 20
 HISTORY_VARIANTS = {
     "mean-50": ["query_tower.pooling=\"mean\"", "query_tower.max_length=50"],
     "attention-50": ["query_tower.pooling=\"attention\"", "query_tower.max_length=50"],
@@ -104,7 +105,8 @@ def mean_figure(row: dict[str, float]) -> float:
 def load(protocol: str, seed: int, validation: bool) -> Any:
     """movielens-100k (tfds order) under a protocol; with ``validation``, train minus a validation carve."""
     if protocol == "random":
-        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0)
+        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0,
+                                     history_length=RANDOM_HISTORY_LENGTH)
     if protocol == "cold-start":
         return load_cold_start(seed, validation)
     return towerkit.load_dataset("movielens-100k", split="leave-last", validation_fraction=0.1 if validation else 0.0,

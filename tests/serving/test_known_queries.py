@@ -24,11 +24,11 @@ def trained(tmp_path_factory):
                      "--set", 'dataset.source="files"', "--set", "train.epochs=1", "--set", "train.batch_size=256",
                      "--set", "evaluate.every_epoch=false", "--set", 'export.example_query="1"')
     assert result.returncode == 0, result.stderr
-    data = towerkit.load_dataset("movielens-100k", data_dir=str(folder / "data"), source="files", history_length=20)
+    data = towerkit.load_dataset("movielens-100k", data_dir=str(folder / "data"), source="files", history_length=10)
     return run / "model", data
 
 
-def _latest_movies(data, user, count=20):
+def _latest_movies(data, user, count=10):
     users, movies, times = (data.interactions[k] for k in ("user_id", "movie_id", "timestamp"))
     rows = sorted((row for row in data.train_rows.tolist() if str(users[row]) == user), key=lambda r: (times[r], r))
     return [int(movies[row]) for row in rows[-count:]]
