@@ -59,15 +59,19 @@ FIGURES = ("top_10", "top_100", "excl_top_10", "excl_top_100")
 EASE_GRID = [{"name": "ease", "l2": l2} for l2 in (100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0)]
 ALS_GRID = [{"name": "als", "factors": f, "regularization": r, "alpha": a, "iterations": 15}
             for f in (16, 32, 64, 128) for r in (0.01, 0.1, 1.0) for a in (1.0, 5.0, 10.0)]
+# Cold start: a first run picked l2=6400, 16 factors and alpha 1 (all grid edges) for every seed: from 5 items
+# the best classic is close to popularity, so these grids reach further that way.
+COLD_START_EASE_GRID = [{"name": "ease", "l2": l2} for l2 in (400.0, 1600.0, 6400.0, 25600.0, 102400.0, 409600.0)]
+COLD_START_ALS_GRID = [{"name": "als", "factors": f, "regularization": r, "alpha": a, "iterations": 15}
+                       for f in (4, 8, 16, 32) for r in (0.01, 0.1, 1.0) for a in (0.25, 0.5, 1.0, 5.0)]
 # Two-tower variants: recipe overrides, each with early stopping on validation top-100.
 RANDOM_VARIANTS = {
-    "default": [],  # the user id plus its latest 10 movies, mean-pooled
-    "history-20": ["query_tower.history=20"],
-    "attention-10": ['query_tower.history_pooling="attention"'],
-    "no-history": ["query_tower.history=0"],  # round 2's recipe: the user id alone
+    "default": [],
+    "dim64": ["query_tower.embedding_dim=64", "candidate_tower.embedding_dim=64"],
+    "l2-0.01": ["query_tower.l2=0.01", "candidate_tower.l2=0.01"],
+    "batch1024": ["train.batch_size=1024"],
+    "temp0.5": ["task.temperature=0.5"],
 }
-# The random protocol's data carries the longest history any variant reads; a tower keeps its own last N.
-RANDOM_HISTORY_LENGTH = 20
 HISTORY_VARIANTS = {
     "mean-50": ["query_tower.pooling=\"mean\"", "query_tower.max_length=50"],
     "attention-50": ["query_tower.pooling=\"attention\"", "query_tower.max_length=50"],
@@ -105,8 +109,7 @@ def mean_figure(row: dict[str, float]) -> float:
 def load(protocol: str, seed: int, validation: bool) -> Any:
     """movielens-100k (tfds order) under a protocol; with ``validation``, train minus a validation carve."""
     if protocol == "random":
-        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0,
-                                     history_length=RANDOM_HISTORY_LENGTH)
+        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0)
     if protocol == "cold-start":
         return load_cold_start(seed, validation)
     return towerkit.load_dataset("movielens-100k", split="leave-last", validation_fraction=0.1 if validation else 0.0,
@@ -187,12 +190,23 @@ def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tun
     return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, {epochs} epochs"
 
 
+def baseline_grids(protocol: str, quick: bool, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """EASE's and ALS's grids for a protocol (``quick``: three points each), ALS seeded."""
+    if protocol == "cold-start":
+        ease, als, quick_als = COLD_START_EASE_GRID, COLD_START_ALS_GRID, {"factors": 16, "alpha": 1.0}
+    else:
+        ease, als, quick_als = EASE_GRID, ALS_GRID, {"factors": 64, "alpha": 5.0}
+    if quick:
+        ease = ease[1:4]
+        als = [g for g in als if all(g[k] == v for k, v in quick_als.items())]
+    return ease, [{**g, "seed": seed} for g in als]
+
+
 def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None,
              systems: tuple[str, ...] = SYSTEMS) -> dict[str, tuple]:
     """Every system's test figures, fit time and picked setting for one seed."""
     tuning, final = load(protocol, seed, True), load(protocol, seed, False)
-    ease_grid = EASE_GRID[1:4] if quick else EASE_GRID
-    als_grid = [{**g, "seed": seed} for g in ALS_GRID if not quick or (g["factors"] == 64 and g["alpha"] == 5.0)]
+    ease_grid, als_grid = baseline_grids(protocol, quick, seed)
     if protocol == "random":
         candidates, shared, label = RANDOM_VARIANTS, [], "towerkit retrieval"
     elif protocol == "leave-last":
