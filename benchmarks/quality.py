@@ -7,8 +7,8 @@ Usage:
 Every choice is made on a validation carve of train and the test split is
 evaluated once per system and seed, at the end:
 
-* EASE's l2 (7 values), ALS's factors/regularization/alpha (36), and the two-tower variant
-  (recipe changes plus the epoch count, by early stopping) are picked by their
+* EASE's l2 (7 values; 6 for cold-start), ALS's factors/regularization/alpha (36; 48 for
+  cold-start), and the two-tower variant (recipe changes plus the epoch count, by early stopping) are picked by their
   mean validation figure (top-10 and top-100, with and without seen items);
 * the picked setting is then fitted again on all of train (validation rows
   included) and tested once.
