@@ -61,7 +61,8 @@ def cli(*args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "towerkit.cli", *args], capture_output=True, text=True,
                             env=env, cwd=str(ROOT))
     if result.returncode != 0:
-        raise SystemExit(f"towerkit {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"towerkit {' '.join(args)} failed (exit {result.returncode}):\n"
+                         f"{(result.stdout + result.stderr)[-3000:]}")
 
 
 def build_exports(folder: Path, items: int, users: int) -> dict[str, Path]:
@@ -91,6 +92,7 @@ batch_size = 4096
 every_epoch = false
 exclude_train = false
 ks = [10]
+max_queries = 200  # the final evaluation of all 10k users at 100k items was OOM-killed (16.6 GB)
 [index]
 name = "brute-force"
 k = {K}

@@ -20,6 +20,8 @@ from towerkit.errors import ConfigError
 
 # Exact rescoring sizes tried (each at least k); for each, every leaf count can be chosen.
 REORDER_GRID = (20, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
+# Standard errors below the sample's recall that must still reach the target (about 97.5% one-sided).
+CONFIDENCE_Z = 2.0
 # Rounds of single-query timings per candidate setting, interleaved.
 LATENCY_ROUNDS = 5
 # An approximate (asymmetric-hashing) score costs about this share of an exact rescoring, which
@@ -78,11 +80,19 @@ def search_cost(leaves: int, reorder: int, num_leaves: int, num_candidates: int)
     return (num_leaves + approximate) * APPROXIMATE_COST + reorder
 
 
-def aimed_recall(target: float, queries: int, k: int) -> float:
-    """The recall tuning aims for: two standard errors of the sample's estimate above the target,
-    so that queries outside the sample reach the target too (capped at 1)."""
-    error = (target * (1 - target) / max(1, queries * k)) ** 0.5
-    return min(1.0, target + 2 * error)
+def recall_lower_bound(found: np.ndarray, exact: np.ndarray, z: float = CONFIDENCE_Z) -> float:
+    """A lower confidence bound on recall@k for queries like these: Wilson's score bound on the
+    mean per-query recall, with the largest variance a [0, 1] value of that mean can have.
+
+    The query is the unit: a query's k results are missed or found together (its neighbours lie
+    in the same leaves), so the k hits of one query are not k independent samples. Near a
+    recall of 1 a few badly served queries carry the whole shortfall; Wilson's bound stays
+    honest there, where a normal approximation would claim certainty.
+    """
+    mean, count = recall_at_k(found, exact), len(exact)
+    centre = mean + z * z / (2 * count)
+    spread = z * (mean * (1 - mean) / count + z * z / (4 * count * count)) ** 0.5
+    return float((centre - spread) / (1 + z * z / count))
 
 
 def fewest_leaves(reaches: Callable[[int], bool], low: int, num_leaves: int) -> int | None:
@@ -136,6 +146,9 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
                   ) -> dict[str, Any]:
     """The fastest (leaves searched, candidates rescored) whose recall@k reaches ``target``.
 
+    A setting reaches the target when the lower confidence bound of its recall on these queries
+    (:func:`recall_lower_bound`) does, so that queries outside the sample reach it too.
+
     Args:
         found: Runs the approximate search with (leaves, reorder) and returns ``[queries, k]`` indices.
         exact: The exact top-k indices of the same queries.
@@ -145,22 +158,28 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
             (:func:`search_cost`) wins.
 
     Returns:
-        ``num_leaves_to_search``, ``num_reordering_candidates``, ``reached_recall`` and
-        ``target_reached`` (False when even the most thorough search falls short; then that is chosen).
+        ``num_leaves_to_search``, ``num_reordering_candidates``, ``reached_recall`` (the sample's
+        mean), ``recall_lower_bound`` and ``target_reached`` (False when even the most thorough search falls short; then that is chosen).
     """
     reorder_options = sorted({max(k, r) for r in REORDER_GRID})
-    measured: dict[tuple[int, int], float] = {}
+    measured: dict[tuple[int, int], tuple[float, float]] = {}
 
-    def recall(leaves: int, reorder: int) -> float:
+    def measure(leaves: int, reorder: int) -> tuple[float, float]:
         if (leaves, reorder) not in measured:
-            measured[leaves, reorder] = recall_at_k(found(leaves, reorder), exact)
+            ids = found(leaves, reorder)
+            measured[leaves, reorder] = (recall_at_k(ids, exact), recall_lower_bound(ids, exact))
         return measured[leaves, reorder]
 
-    pairs = reaching_settings(recall, target, num_leaves, reorder_options)
+    def recall(leaves: int, reorder: int) -> float:
+        return measure(leaves, reorder)[0]
+
+    pairs = reaching_settings(lambda leaves, reorder: measure(leaves, reorder)[1], target, num_leaves,
+                              reorder_options)
     if not pairs:
         leaves, reorder = num_leaves, reorder_options[-1]
         return {"num_leaves_to_search": leaves, "num_reordering_candidates": reorder,
-                "reached_recall": round(recall(leaves, reorder), 4), "target_reached": False}
+                "reached_recall": round(recall(leaves, reorder), 4),
+                "recall_lower_bound": round(measure(leaves, reorder)[1], 4), "target_reached": False}
     if latency is None or len(pairs) == 1:
         leaves, reorder = min(pairs, key=lambda pair: search_cost(*pair, num_leaves, num_candidates))
         timed = {}
@@ -168,7 +187,8 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
         timed = time_settings(latency, pairs)
         leaves, reorder = min(pairs, key=lambda pair: timed[pair])
     choice = {"num_leaves_to_search": leaves, "num_reordering_candidates": reorder,
-              "reached_recall": round(recall(leaves, reorder), 4), "target_reached": True}
+              "reached_recall": round(recall(leaves, reorder), 4),
+              "recall_lower_bound": round(measure(leaves, reorder)[1], 4), "target_reached": True}
     if timed:
         choice["tuned_latency_ms"] = round(timed[leaves, reorder] * 1e3, 4)
     return choice

@@ -184,7 +184,7 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
     def _tune(self, candidates: np.ndarray) -> None:
         from scann.scann_ops.py import scann_ops
 
-        from towerkit.indexes.recall_tuning import aimed_recall, choose_search, exact_top_k, sample_queries
+        from towerkit.indexes.recall_tuning import choose_search, exact_top_k, sample_queries
 
         queries = self._tuning_queries
         if queries is None:  # no real queries given: a sample of the candidates stands in
@@ -199,8 +199,7 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
                                                       pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)
             return result.indices.numpy()
 
-        aim = aimed_recall(self._target_recall, len(queries), self._k)
-        choice = choose_search(found, exact, aim, self._chosen["num_leaves"], self.num_candidates, self._k,
+        choice = choose_search(found, exact, self._target_recall, self._chosen["num_leaves"], self.num_candidates, self._k,
                                latency=self._latency_timer(searcher, queries))
         self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
                                   "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
