@@ -154,8 +154,10 @@ def coded_batches(columns: CodedColumns, rows: np.ndarray, batch_size: int, shuf
         return {key: tf.gather(values, positions if codes is None else tf.gather(codes, positions))
                 for key, (values, codes) in gathered.items()}
 
-    # The positions are cached (8 bytes a row), as the feature dicts were: the same order every epoch.
-    batches = (tf.data.Dataset.range(len(rows))
+    # The positions are cached (4 bytes a row), as the feature dicts were: the same order every epoch.
+    # (A shuffle's order does not depend on the elements' type.)
+    position_type = tf.int32 if len(rows) < 2**31 else tf.int64
+    batches = (tf.data.Dataset.range(len(rows), output_type=position_type)
                .shuffle(min(shuffle_buffer, max(1, len(rows))), seed=seed)
                .batch(batch_size)
                .cache())

@@ -208,6 +208,8 @@ class SyntheticDataset(RetrievalDataset):
         else:
             # tf.data's shuffle buffer would hold every row; a NumPy permutation is as good here.
             order = rng.permutation(num_interactions)
+            if num_interactions < 2**31:
+                order = order.astype(np.int32)  # half the bytes; the same rows
             num_train = int(round(num_interactions * train_fraction))
             train_rows, test_rows = order[:num_train], order[num_train:]
         train_rows, self.validation_rows = carve_validation(train_rows, num_interactions, validation_fraction)
