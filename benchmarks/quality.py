@@ -66,12 +66,13 @@ COLD_START_ALS_GRID = [{"name": "als", "factors": f, "regularization": r, "alpha
                        for f in (4, 8, 16, 32) for r in (0.01, 0.1, 1.0) for a in (0.25, 0.5, 1.0, 5.0)]
 # Two-tower variants: recipe overrides, each with early stopping on validation top-100.
 RANDOM_VARIANTS = {
-    "default": [],
-    "dim64": ["query_tower.embedding_dim=64", "candidate_tower.embedding_dim=64"],
-    "l2-0.01": ["query_tower.l2=0.01", "candidate_tower.l2=0.01"],
-    "batch1024": ["train.batch_size=1024"],
-    "temp0.5": ["task.temperature=0.5"],
+    "default": [],  # the user id plus its latest 10 movies, mean-pooled
+    "history-20": ["query_tower.history=20"],
+    "attention-10": ['query_tower.history_pooling="attention"'],
+    "no-history": ["query_tower.history=0"],  # round 2's recipe: the user id alone
 }
+# The random protocol's data carries the longest history any variant reads; a tower keeps its own last N.
+RANDOM_HISTORY_LENGTH = 20
 HISTORY_VARIANTS = {
     "mean-50": ["query_tower.pooling=\"mean\"", "query_tower.max_length=50"],
     "attention-50": ["query_tower.pooling=\"attention\"", "query_tower.max_length=50"],
@@ -109,7 +110,8 @@ def mean_figure(row: dict[str, float]) -> float:
 def load(protocol: str, seed: int, validation: bool) -> Any:
     """movielens-100k (tfds order) under a protocol; with ``validation``, train minus a validation carve."""
     if protocol == "random":
-        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0)
+        return towerkit.load_dataset("movielens-100k", split_seed=seed, validation_fraction=0.1 if validation else 0.0,
+                                     history_length=RANDOM_HISTORY_LENGTH)
     if protocol == "cold-start":
         return load_cold_start(seed, validation)
     return towerkit.load_dataset("movielens-100k", split="leave-last", validation_fraction=0.1 if validation else 0.0,
@@ -190,6 +192,51 @@ def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tun
     return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, {epochs} epochs"
 
 
+RECENT_HISTORY = 10  # the default recipe's user tower reads the latest 10 movies
+RECENT_EASE_L2 = (200.0, 800.0, 3200.0, 12800.0, 51200.0)  # wider than EASE_GRID: a short history wants more shrinkage
+
+
+def recent_history_scorer(data: Any, l2: float, split: str) -> tuple[Callable[[int, int], Any], float]:
+    """EASE fitted on train, scoring each example from the latest movies its query met before it.
+
+    The same input the default recipe's user tower reads (``movie_history``, its last
+    RECENT_HISTORY), instead of the user's whole training profile: it shows how much of the
+    model's lead is that input and how much is the model.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    from towerkit.baselines.ease import ease_weights
+    from towerkit.baselines.matrix import train_matrix
+
+    tick = time.perf_counter()
+    trained = train_matrix(data)
+    weights = ease_weights(trained.matrix, l2)
+    seconds = time.perf_counter() - tick
+    item_ids = np.unique(data.candidate_ids.astype(str))
+    title_of = dict(zip(data.interactions["movie_id"].astype(np.int64).tolist(),
+                        data.interactions[data.candidate_id_key].astype(str).tolist()))
+    histories = data.interactions["movie_history"][split_rows(data, split)]
+    columns = [np.searchsorted(item_ids, [title_of[int(m)] for m in h[-RECENT_HISTORY:]]) for h in histories]
+    lengths = [len(c) for c in columns]
+    recent = sp.csr_matrix((np.ones(sum(lengths)), np.concatenate(columns) if columns else [],
+                            np.concatenate([[0], np.cumsum(lengths)])), shape=(len(histories), len(item_ids)))
+    tie_break = trained.popularity_tie_break()
+    return (lambda start, stop: trained.to_candidates(recent[start:stop] @ weights + tie_break)), seconds
+
+
+def tune_recent_history_ease(tuning: Any, final: Any) -> tuple[dict[str, float], float, str]:
+    """EASE on the latest movies: λ picked on validation, refitted on all of train, tested once."""
+    def figures_of(data: Any, l2: float, split: str) -> tuple[dict[str, float], float]:
+        scorer, seconds = recent_history_scorer(data, l2, split)
+        return figures(topk_from_scores(data, scorer, KS, True, split=split)), seconds
+
+    scored = [(mean_figure(figures_of(tuning, l2, "validation")[0]), l2) for l2 in RECENT_EASE_L2]
+    l2 = max(scored)[1]
+    row, seconds = figures_of(final, l2, "test")
+    return row, seconds, f"l2={l2}"
+
+
 def baseline_grids(protocol: str, quick: bool, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """EASE's and ALS's grids for a protocol (``quick``: three points each), ALS seeded."""
     if protocol == "cold-start":
@@ -223,6 +270,8 @@ def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None,
         rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final)
     if "ease" in systems:
         rows["EASE"] = tune_baseline(ease_grid, tuning, final)
+        if protocol == "random":
+            rows[f"EASE on the latest {RECENT_HISTORY} movies (the model's input)"] = tune_recent_history_ease(tuning, final)
     if "popularity" in systems:
         popularity, seconds = score_baseline("popularity", final, "test")
         rows["popularity"] = (popularity, seconds, "-")
