@@ -296,6 +296,7 @@ class SyntheticDataset(RetrievalDataset):
             min(num_blocks, max(1, shuffle_buffer // BLOCK_ROWS)), seed=seed, reshuffle_each_iteration=False)
         last_rows = self._num_train - (num_blocks - 1) * BLOCK_ROWS
 
+        @tf.autograph.experimental.do_not_convert  # no Python control flow to convert
         def block(block_id: tf.Tensor) -> dict[str, tf.Tensor]:
             rows = tf.where(block_id == num_blocks - 1, last_rows, BLOCK_ROWS)
             return self._generator.block(block_id, tf.cast(rows, tf.int32))
@@ -304,8 +305,12 @@ class SyntheticDataset(RetrievalDataset):
         if input_context is not None:
             batches = batches.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         genres = tf.constant(self._item_genres, tf.int64) if "movie_genres" in columns else None
-        return batches.map(lambda codes: self._features(columns, codes, genres), num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+        @tf.autograph.experimental.do_not_convert
+        def features(codes: dict[str, tf.Tensor]) -> dict[str, Any]:
+            return self._features(columns, codes, genres)
+
+        return batches.map(features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     @staticmethod
     def _features(columns: Mapping[str, Any], codes: Mapping[str, tf.Tensor], genres: Any) -> dict[str, Any]:
