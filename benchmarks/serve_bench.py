@@ -16,7 +16,7 @@ exclusions); any error fails the run. With ``--check``, exit 1 if any request fa
 grew by more than ``--rss-bound-mb`` from the first soak sample (taken after warm-up) to the last.
 
 Usage:
-    python benchmarks/serve_bench.py --check          # full size (about 6 minutes on a quiet 2-core machine)
+    python benchmarks/serve_bench.py --check          # full size (expected ~6 min on a quiet 2-core machine)
     python benchmarks/serve_bench.py --items 2000 --users 500 --requests 300 --soak 3000 --runs 1   # quick
     python benchmarks/serve_bench.py --coalescing     # also every run with --max-batch 1 (no coalescing)
 
