@@ -280,7 +280,7 @@ def test_no_example_sees_its_own_item_or_a_later_one_in_its_history(leave_last):
     assert len(test_history) == 8  # the fixture's users all have far more than 8 earlier ratings
 
 
-@pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.parametrize("pooling", ["mean", "attention", "gru"])
 def test_history_tower_serves_an_unseen_user_from_their_history(leave_last, pooling, tmp_path):
     import tensorflow as tf
 

@@ -40,7 +40,7 @@ class FeatureTower(Tower):
             and added as one more part: the query is then described by who it
             is and by what it met before.
         history_length: Only the last this many items of the history are read.
-        history_pooling: ``"mean"`` or ``"attention"``.
+        history_pooling: ``"mean"``, ``"attention"`` or ``"gru"``.
         combine: ``"sum"`` or ``"concat"``.
         layers: Widths of the Dense stack after concatenation.
         l2: L2 penalty on the id embeddings a batch uses.

@@ -17,7 +17,7 @@ from towerkit.errors import ConfigError
 from towerkit.towers.base import Tower, check_positive_int
 from towerkit.towers.memory import check_weights_fit
 
-POOLINGS = ("mean", "attention")
+POOLINGS = ("mean", "attention", "gru")
 
 
 def _flat_ints(values: Any) -> np.ndarray:
@@ -40,7 +40,8 @@ class HistoryTower(Tower):
         vocabulary: The known item ids; if omitted, :meth:`adapt` learns them.
         embedding_dim: Width of the embeddings.
         max_length: Only the last ``max_length`` items of each history are read.
-        pooling: ``"mean"`` or ``"attention"``.
+        pooling: ``"mean"``, ``"attention"`` or ``"gru"`` (a GRU reads the history
+            oldest first; its last state, after the most recent item, is the output).
         l2: L2 penalty on the item embeddings each batch uses (0 for none).
         **kwargs: Passed to ``tf.keras.layers.Layer``.
 
@@ -64,6 +65,8 @@ class HistoryTower(Tower):
         self.max_length = check_positive_int(max_length, "max_length")
         self.vocabulary: list[int] | None = None
         self.bias = self.add_weight(name="bias", shape=(self.embedding_dim,), initializer="zeros")
+        if pooling == "gru":
+            self.gru = tf.keras.layers.GRU(self.embedding_dim, name="gru")
         if pooling == "attention":
             self.attention = tf.keras.layers.Dense(1, name="attention")
             self.recency = tf.keras.layers.Embedding(self.max_length, 1, embeddings_initializer="zeros", name="recency")
@@ -116,6 +119,12 @@ class HistoryTower(Tower):
         if self.pooling == "mean":
             counts = tf.cast(tf.maximum(history.row_lengths(), 1), embedded.dtype)[:, None]
             pooled = tf.reduce_sum(embedded, axis=1) / counts
+        elif self.pooling == "gru":
+            # Padded on the right and masked, so each row's state stops at its own last item;
+            # an empty history leaves the zero state (the bias then stands for "nothing yet").
+            lengths = history.row_lengths()
+            padded = embedded.to_tensor(shape=[None, self.max_length, self.embedding_dim])
+            pooled = self.gru(padded, mask=tf.sequence_mask(lengths, self.max_length))
         else:
             # Position from the end (0 = most recent) lets attention prefer recent items.
             lengths = history.row_lengths()

@@ -40,7 +40,7 @@ def user_tower(
             ``movielens-100k`` adds with its ``history_length`` option) and
             add them to the id embedding: who the user is, plus what they
             watched last.
-        history_pooling: ``"mean"`` or ``"attention"`` over the history.
+        history_pooling: ``"mean"``, ``"attention"`` or ``"gru"`` over the history.
         history_feature: The feature holding each interaction's earlier items.
 
     Example:
