@@ -25,6 +25,7 @@ file has them.
 from __future__ import annotations
 
 import os
+from collections import ChainMap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from towerkit.datasets import tabular
-from towerkit.datasets.base import Features, RetrievalDataset, seed_split
+from towerkit.datasets.base import CodedColumns, Features, RetrievalDataset, coded_batches, seed_split
 from towerkit.errors import ConfigError, DataError
 
 SPLITS = ("random", "temporal", "leave-last")
@@ -43,12 +44,14 @@ TUTORIAL_SHUFFLE_MAX_ROWS = 1_000_000
 DEFAULT_TEST_FRACTION = 0.2
 
 
-class ColumnValues(dict):
+class ColumnValues(ChainMap):
     """The values towers adapt to, plus which column belongs to which side.
 
-    A plain dict of column arrays (as every dataset's ``adapt_features``
+    A mapping of column arrays (as every dataset's ``adapt_features``
     returns) that also names the id, timestamp and per-side feature columns,
-    so a generic tower can infer its columns and encoders from it.
+    so a generic tower can infer its columns and encoders from it. It is a
+    view: a coded interaction column is materialised only when a tower reads
+    it, one column at a time (assigning a key sets it in the view only).
     """
 
     query_id_key: str = ""
@@ -179,39 +182,38 @@ class InteractionsDataset(RetrievalDataset):
         if table.num_rows == 0:
             raise DataError(f"{where} has no rows; expected at least one interaction per line after the header.")
         self.sources = [str(path) for path, _ in shards]
-        query_ids, query_codes = tabular.id_column(table.column(query_id), query_id, shards)
-        candidate_ids, candidate_codes = tabular.id_column(table.column(candidate_id), candidate_id, shards)
+        # Ids stay codes into their sorted distinct values (see CodedColumns): 4 bytes a row.
+        query_ids, query_codes = tabular.id_column(table.column(query_id), query_id, shards, sort=True)
+        candidate_ids, candidate_codes = tabular.id_column(table.column(candidate_id), candidate_id, shards, sort=True)
         columns: Features = {}
         if timestamp:
             columns[timestamp] = tabular.timestamp_column(table.column(timestamp), timestamp, shards)
         own = [c for c in table.column_names if c not in (query_id, candidate_id, timestamp)]
         columns.update(self._feature_columns(table, own, shards, text_columns))
         self.interaction_feature_columns = tuple(own)
-        # Everything that can work on id codes does so before the ids are spelled out as text,
-        # and the Arrow table goes first: that keeps the peak memory low.
+        # The Arrow table goes before anything else is built: that keeps the peak memory low.
         del table
         pa.default_memory_pool().release_unused()
+        coded = {query_id: (query_ids, query_codes), candidate_id: (candidate_ids, candidate_codes)}
         candidate_features, self.candidate_feature_columns = self._side_table(
-            candidates, "candidates", candidate_id, candidate_ids, candidate_codes, columns, text_columns)
+            candidates, "candidates", candidate_id, candidate_ids, candidate_codes, coded, text_columns)
         self.query_features, self.query_feature_columns = self._side_table(
-            queries, "queries", query_id, query_ids, query_codes, columns, text_columns)
+            queries, "queries", query_id, query_ids, query_codes, coded, text_columns)
         if parts is None:
             train_rows, test_rows, self.validation_rows = _split_rows(
                 split, len(query_codes), split_options, query_codes, columns.get(timestamp) if timestamp else None)
         else:  # decided row by row already (stream = true): 0 train, 1 test, 2 validation
             train_rows, test_rows, self.validation_rows = (np.flatnonzero(parts == part) for part in (0, 1, 2))
-        interactions: Features = {query_id: query_ids[query_codes]}
-        del query_codes
-        interactions[candidate_id] = candidate_ids[candidate_codes]
-        del candidate_codes
-        interactions.update(columns)
-        super().__init__(interactions, candidate_features, train_rows, test_rows)
+        super().__init__(CodedColumns(coded, columns), candidate_features, train_rows, test_rows)
 
-    def _side_table(self, source, option, id_key, distinct_ids, codes, interactions, text_columns):
-        """Reads a candidates/queries table, checks its ids and joins its columns onto the interactions."""
+    def _side_table(self, source, option, id_key, distinct_ids, codes, coded, text_columns):
+        """Reads a candidates/queries table, checks its ids and joins its columns onto the interactions.
+
+        The joined columns are coded too: each interaction's row in the table (``coded`` gains them).
+        """
         if source is None:
-            # The distinct ids are distinct already: sorting is enough (np.unique would hash them again).
-            return {id_key: np.sort(distinct_ids)}, ()
+            # The distinct ids, sorted: what np.unique of the column gives.
+            return {id_key: distinct_ids}, ()
         table, shards, where = _load_table(source, [id_key, *text_columns], option)
         tabular.require_columns(table, {_id_option(option): id_key}, where)
         if table.num_rows == 0:
@@ -226,14 +228,15 @@ class InteractionsDataset(RetrievalDataset):
                 f"{where} lacks {len(missing)} {id_key} value(s) that occur in the interactions (e.g. "
                 f"{', '.join(repr(str(m)) for m in missing[:3])}); give every {option[:-1]} a row there.")
         names = [c for c in table.column_names if c != id_key]
-        clashes = [c for c in names if c in interactions or c in (self.query_id_key, self.candidate_id_key)]
+        clashes = [c for c in names if c in coded or c in self.interaction_feature_columns
+                   or c == self.timestamp_key or c in (self.query_id_key, self.candidate_id_key)]
         if clashes:
             raise DataError(f"column(s) {', '.join(map(repr, clashes))} of {where} also exist elsewhere in the "
                             "data; rename them so that each feature column has one source.")
         features = {id_key: column, **self._feature_columns(table, names, shards, text_columns)}
-        rows = rows_of_distinct[codes]
+        rows = rows_of_distinct.astype(np.int32 if len(column) < 2**31 else np.int64)[codes]
         for name in names:
-            interactions[name] = features[name][rows]
+            coded[name] = (features[name], rows)
         return features, tuple(names)
 
     def _feature_columns(self, table: pa.Table, names: Sequence[str], shards, text_columns: Sequence[str]) -> Features:
@@ -249,11 +252,54 @@ class InteractionsDataset(RetrievalDataset):
     # Views ------------------------------------------------------------------------------------
     def validation_features(self, keys: Sequence[str] | None = None) -> Features:
         """The validation rows (carved from train) as column arrays."""
-        if keys is not None:
-            keys = list(dict.fromkeys(keys))
-            self.check_features(keys, "the request")
-        columns = self.interactions if keys is None else {k: self.interactions[k] for k in keys}
-        return {k: v[self.validation_rows] for k, v in columns.items()}
+        columns = self._columns(keys)
+        return {k: _take(columns, k, self.validation_rows) for k in columns}
+
+    def train_stream(self, keys: Sequence[str], batch_size: int, *, shuffle_buffer: int, seed: int,
+                     input_context: Any = None) -> "tf.data.Dataset":
+        """One epoch of training batches: the same batches, in the same order, as the generic pipeline's
+        ``to_tf_dataset(train_features(keys)).shuffle(shuffle_buffer, seed).batch(batch_size).cache()``,
+        gathered inside tf.data from the id codes, so no text column of every training row is built.
+
+        Args:
+            keys: The features the towers read.
+            batch_size: Rows per batch (the last may be smaller).
+            shuffle_buffer: Rows the shuffle mixes at once.
+            seed: The shuffle's seed.
+            input_context: A ``tf.distribute.InputContext``: this pipeline keeps every n-th batch.
+        """
+        columns = self._columns(keys)
+        if not isinstance(columns, CodedColumns):
+            columns = CodedColumns({}, columns)
+        return coded_batches(columns, self.train_rows, batch_size, shuffle_buffer, seed, input_context)
+
+    @property
+    def vocabularies(self) -> dict[str, np.ndarray]:
+        # A coded id's table is its sorted distinct values already (np.unique of the column).
+        return {self.query_id_key: self._id_table(self.query_id_key),
+                self.candidate_id_key: np.unique(self.candidate_ids)}
+
+    def _id_table(self, key: str) -> np.ndarray:
+        """The sorted distinct values of an id column."""
+        if isinstance(self.interactions, CodedColumns) and key in self.interactions.coded:
+            return self.interactions.coded[key][0]
+        return np.unique(self.interactions[key])
+
+    def _row_keys(self, key: str) -> np.ndarray:
+        """A column as something equal where its values are equal: its codes where it is coded."""
+        if isinstance(self.interactions, CodedColumns) and key in self.interactions.coded:
+            return self.interactions.coded[key][1]
+        return self.interactions[key]
+
+    def candidate_train_frequencies(self) -> dict[str, float]:
+        """Each candidate id's share of the training interactions, counted on codes (in id order)."""
+        if not (isinstance(self.interactions, CodedColumns) and self.candidate_id_key in self.interactions.coded):
+            return super().candidate_train_frequencies()
+        table, codes = self.interactions.coded[self.candidate_id_key]
+        counts = np.bincount(codes[self.train_rows], minlength=len(table))
+        total = counts.sum()
+        seen = np.flatnonzero(counts)  # the table is sorted: the same order as np.unique of the ids
+        return {str(table[i]): c / total for i, c in zip(seen.tolist(), counts[seen].tolist())}
 
     def adapt_features(self) -> ColumnValues:
         values = ColumnValues(super().adapt_features())
@@ -270,15 +316,27 @@ class InteractionsDataset(RetrievalDataset):
         if not hasattr(self, "_duplicates"):
             own = [self.query_id_key, self.candidate_id_key, *([self.timestamp_key] if self.timestamp_key else []),
                    *self.interaction_feature_columns]
-            self._duplicates = count_duplicate_rows([self.interactions[k] for k in own])
+            self._duplicates = count_duplicate_rows([self._row_keys(k) for k in own])
         return self._duplicates
 
     def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["interactions"] = int(len(self.interactions[self.query_id_key]))
+        info = {
+            "name": self.name,
+            "interactions": int(len(self._row_keys(self.query_id_key))),
+            "train": int(len(self.train_rows)),
+            "test": int(len(self.test_rows)),
+            "queries": int(len(self._id_table(self.query_id_key))),
+            "candidates": int(len(self.candidate_ids)),
+            "feature_keys": list(self.feature_keys),
+        }
         info["validation"] = int(len(self.validation_rows))
         info["split"] = self.split
         return info
+
+
+def _take(columns: Mapping[str, np.ndarray], key: str, rows: np.ndarray) -> np.ndarray:
+    """``columns[key][rows]``, gathering only those rows of a coded column."""
+    return columns.take(key, rows) if isinstance(columns, CodedColumns) else columns[key][rows]
 
 
 def _id_option(option: str) -> str:

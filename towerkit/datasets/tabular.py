@@ -244,8 +244,13 @@ def _strings_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return values[codes]
 
 
-def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """An id column as (distinct ids, a code per row), after checking it has no null or empty id.
+def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]],
+              sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """An id column as (distinct ids, an int32 code per row), after checking it has no null or empty id.
+
+    Args:
+        sort: Return the distinct ids in sorted (text) order, as ``np.sort`` of
+            the id strings gives it; otherwise in order of first appearance.
 
     Raises:
         DataError: The ids are not strings or integers, or one is null or empty.
@@ -254,7 +259,7 @@ def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, i
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
     if pa.types.is_integer(kind):
-        return _integer_ids(column, name, shards)
+        return _integer_ids(column, name, shards, sort)
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(f"id column {name!r} holds {kind} values; ids must be strings or integers, so "
                         "convert the column (e.g. write floats as integers).")
@@ -264,20 +269,82 @@ def id_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, i
         row = int(pc.index(missing, True).as_py())
         raise DataError(f"{locate_row(row, shards)} has an empty id in column {name!r}; every row needs an id, "
                         "so fill it in or drop the row.")
-    return encode_strings(column)
+    values, codes = encode_strings(column)
+    return _sorted_codes(values, codes, np.argsort(values)) if sort else (values, codes)
 
 
-def _integer_ids(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer ids as (their decimal text, a code per row), hashing the integers rather than their text."""
+def _integer_ids(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]],
+                 sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ids as (their decimal text, a code per row), hashing and sorting the integers rather than their text."""
     if column.null_count:
         row = int(pc.index(pc.is_null(column), True).as_py())
         raise DataError(f"{locate_row(row, shards)} has an empty id in column {name!r}; every row needs an id, "
                         "so fill it in or drop the row.")
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    values = encoded.dictionary.to_numpy().astype(str)
-    # NumPy sizes int64 text for 21 characters; the widest id decides instead.
-    values = values.astype(f"<U{max(int(np.char.str_len(values).max()), 1)}")
-    return values, encoded.indices.to_numpy(zero_copy_only=False)
+    dense = _dense_sorted_ids(column) if sort else None
+    if dense is not None:
+        distinct, codes = dense
+    else:
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        distinct = encoded.dictionary.to_numpy().astype(np.int64, copy=False)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        if sort:
+            distinct, codes = _sorted_codes(distinct, codes, decimal_text_order(distinct))
+    # Sized for the widest id (NumPy would size int64 text for 21 characters, 4 bytes each).
+    width = max(len(str(int(distinct.min()))), len(str(int(distinct.max())))) if len(distinct) else 1
+    return distinct.astype(f"<U{width}"), codes
+
+
+def _dense_sorted_ids(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integer ids spanning a range of at most twice the rows: (distinct ids in text order, int32 codes).
+
+    A lookup table over the range replaces hashing: one pass marks the ids
+    present, one maps each row to its id's rank, chunk by chunk (no copy of the
+    whole column). None where the range is wider (then the ids are hashed).
+    """
+    bounds = pc.min_max(column).as_py()
+    if len(column) == 0 or bounds["min"] is None:
+        return None
+    low, high = int(bounds["min"]), int(bounds["max"])
+    if high - low >= max(2 * len(column), 1024) or high - low >= 2**31 - 1:
+        return None
+    # int64 arithmetic: the offset from the lowest id may not fit a narrower type (int8: -100 .. 100).
+    chunks = [chunk.to_numpy().astype(np.int64, copy=False) for chunk in column.chunks if len(chunk)]
+    present = np.zeros(high - low + 1, dtype=bool)
+    for values in chunks:
+        present[values - low] = True
+    distinct = np.flatnonzero(present).astype(np.int64) + low
+    order = decimal_text_order(distinct)
+    rank = np.empty(len(present), dtype=np.int32)
+    rank[distinct[order] - low] = np.arange(len(distinct), dtype=np.int32)
+    codes = np.empty(len(column), dtype=np.int32)
+    start = 0
+    for values in chunks:
+        np.take(rank, values - low, out=codes[start:start + len(values)])
+        start += len(values)
+    return distinct[order], codes
+
+
+def _sorted_codes(values: np.ndarray, codes: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` reordered by ``order``, with ``codes`` renumbered to point at the same values."""
+    rank = np.empty(len(order), dtype=codes.dtype)
+    rank[order] = np.arange(len(order), dtype=codes.dtype)
+    return values[order], rank[codes]
+
+
+def decimal_text_order(numbers: np.ndarray) -> np.ndarray:
+    """The order ``np.argsort`` gives the decimal text of distinct integers (``"10" < "9"``), computed on integers.
+
+    For non-negative numbers, text order is the order of the number padded on
+    the right with zeros to a common width, shorter text first where those
+    are equal (a prefix sorts first); that is an integer sort. Negative
+    numbers, or more than 18 digits, fall back to sorting the text.
+    """
+    if len(numbers) == 0 or numbers.min() < 0 or numbers.max() >= 10**18:
+        return np.argsort(numbers.astype(str), kind="stable")
+    digits = np.searchsorted(10 ** np.arange(1, 19, dtype=np.int64), numbers, side="right") + 1
+    width = int(digits.max())
+    padded = numbers * (10 ** (width - digits))
+    return np.lexsort((digits, padded))
 
 
 def timestamp_column(column: pa.ChunkedArray, name: str, shards: Sequence[tuple[Path, int]]) -> np.ndarray:
