@@ -14,7 +14,7 @@ Reports per format the median [min-max] of:
   columns used as Arrow holds them, 8 bytes per int64 cell (target: at most 3x).
 
 Then it times one training epoch of ``features`` towers (user id, item id) from
-the Parquet file, each run in a fresh process: in memory, and (with
+the Parquet file, each run in a fresh process (with its peak RSS: load, model build and epoch): in memory, and (with
 ``--stream``) streamed from the file with ``stream = true``. The CPU model and
 load average are printed, since both move the numbers; a full-size run (the
 defaults) writes what it printed to benchmarks/results/data_bench.txt.
@@ -94,9 +94,18 @@ def load_worker(path: str) -> dict:
     data = InteractionsDataset(path, query_id="user", candidate_id="item", timestamp="ts")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    held = sum(array.nbytes for array in data.interactions.values())
+    held = held_bytes(data.interactions)
     return {"seconds": seconds, "rows": len(data.interactions["user"]), "baseline": baseline, "peak": peak,
             "held": held, "train": len(data.train_rows), "test": len(data.test_rows)}
+
+
+def held_bytes(columns) -> int:
+    """Bytes of the interaction columns as held: a coded column's codes plus its table of distinct values."""
+    coded = getattr(columns, "coded", {})
+    plain = getattr(columns, "plain", columns)
+    tables = {id(table): table.nbytes for table, _ in coded.values()}
+    codes = {id(codes): codes.nbytes for _, codes in coded.values()}
+    return sum(tables.values()) + sum(codes.values()) + sum(array.nbytes for array in plain.values())
 
 
 def epoch_worker(path: str, streamed: bool, batch_size: int = 8192) -> dict:
@@ -106,6 +115,7 @@ def epoch_worker(path: str, streamed: bool, batch_size: int = 8192) -> dict:
     import towerkit
     from towerkit.pipeline import training_dataset
 
+    baseline = rss_bytes()
     start = time.perf_counter()
     data = towerkit.load_dataset("interactions", path=path, query_id="user", candidate_id="item",
                                  stream=streamed)
@@ -120,7 +130,8 @@ def epoch_worker(path: str, streamed: bool, batch_size: int = 8192) -> dict:
     history = model.fit(dataset, epochs=1, verbose=0)
     examples = data.describe()["train"]
     return {"load_and_build": ready - start, "seconds": time.perf_counter() - ready, "examples": examples,
-            "loss": float(history.history["loss"][-1])}
+            "loss": float(history.history["loss"][-1]), "baseline": baseline,
+            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def measure_loads(paths: dict[str, Path], runs: int, report: benchlib.Report) -> dict[str, list[dict]]:
@@ -141,7 +152,8 @@ def measure_epochs(path: Path, runs: int, streamed: bool, report: benchlib.Repor
             result = benchlib.run_worker(__file__, ["epoch", str(path), mode])
             report.say(f"  epoch {mode:<9} {result['seconds']:6.1f} s  "
                        f"{result['examples'] / result['seconds']:>10,.0f} examples/s"
-                       f"  (load + build {result['load_and_build']:.1f} s, loss {result['loss']:.1f})")
+                       f"  (load + build {result['load_and_build']:.1f} s, loss {result['loss']:.1f}, "
+                       f"peak RSS {(result['peak'] - result['baseline']) / 2**20:,.0f} MiB above baseline)")
             return result
         return run
 
@@ -174,9 +186,9 @@ def report_loads(paths: dict[str, Path], results: dict[str, list[dict]], args, r
         checks.append(benchlib.Check(f"{fmt} peak RSS / column bytes, median <= 3",
                                      benchlib.summarize(ratios)["median"], "<=", TARGET_MEMORY_RATIO))
     first = results["parquet"][0]
-    report.say(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as fixed-width "
-               f"text, 4 bytes a character); process baseline after imports {first['baseline'] / 2**20:,.0f} MiB; "
-               f"split {first['train']:,} train / {first['test']:,} test")
+    report.say(f"held after loading: {first['held'] / 2**20:,.0f} MiB of NumPy columns (ids as int32 codes plus "
+               f"their distinct values as text); process baseline after imports {first['baseline'] / 2**20:,.0f} "
+               f"MiB; split {first['train']:,} train / {first['test']:,} test")
     return checks
 
 
@@ -184,11 +196,13 @@ def report_epochs(results: dict[str, list[dict]], runs: int, report: benchlib.Re
     report.say()
     report.say(f"one epoch from the Parquet file, features towers (user id, item id), batch 8192; {runs} run(s) "
                "per mode, interleaved, each in a fresh process")
-    report.say(f"{'mode':<11}{'epoch seconds':<28}{'examples/s':<32}{'load + build seconds'}")
+    report.say(f"{'mode':<11}{'epoch seconds':<28}{'examples/s':<32}{'load + build seconds':<24}"
+               "peak RSS above baseline, MiB (load, build, epoch)")
     for mode, rows in results.items():
         report.say(f"{mode:<11}{_cell([r['seconds'] for r in rows], '{:.1f}'):<28}"
                    f"{_cell([r['examples'] / r['seconds'] for r in rows]):<32}"
-                   f"{_cell([r['load_and_build'] for r in rows], '{:.1f}')}")
+                   f"{_cell([r['load_and_build'] for r in rows], '{:.1f}'):<24}"
+                   f"{_cell([(r['peak'] - r['baseline']) / 2**20 for r in rows])}")
 
 
 def main() -> int:

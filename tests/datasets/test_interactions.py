@@ -114,6 +114,70 @@ def test_from_arrow_matches_the_file(tmp_path):
     assert from_table.test_rows.tolist() == from_file.test_rows.tolist()
 
 
+# --- Ids held as codes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ids", [
+    [12, 3, 100, 3, 7, 12, 1000, 0, 10, 9],            # a dense range: coded by a lookup table
+    [5, 10**15, -3, 5, 42, 10**15 + 7, 0, -30, 9, 42],  # a wide range with negatives: hashed
+    ["b", "a", "007", "b", "10", "9", "a", "é", "10", "x"],
+])
+def test_ids_are_held_as_codes_and_read_back_as_the_same_text_in_the_same_order(tmp_path, ids):
+    items = [f"i{i % 4}" for i in range(len(ids))]
+    pq.write_table(pa.table({"user": ids, "item": items, "ts": list(range(len(ids)))}), tmp_path / "e.parquet")
+    data = _load(tmp_path / "e.parquet", timestamp="ts", test_fraction=0.3)
+    texts = [str(i) for i in ids]
+    table, codes = data.interactions.coded["user"]
+    assert codes.dtype == np.int32 and len(codes) == len(ids)
+    assert data.interactions["user"].tolist() == texts
+    assert table.tolist() == np.unique(texts).tolist() == data.vocabularies["user"].tolist()
+    assert data.train_features(["user"])["user"].tolist() == [texts[r] for r in data.train_rows]
+    assert data.test_features()["item"].tolist() == [items[r] for r in data.test_rows]
+    assert data.describe()["queries"] == len(set(texts))
+
+
+def test_text_order_of_integers_is_computed_as_the_text_sorts():
+    from towerkit.datasets.tabular import decimal_text_order
+
+    rng = np.random.default_rng(0)
+    for high in (10, 1000, 10**9, 10**17, 2**62):
+        numbers = np.unique(rng.integers(0, high, size=2000))
+        rng.shuffle(numbers)
+        assert numbers[decimal_text_order(numbers)].astype(str).tolist() == np.sort(numbers.astype(str)).tolist()
+    edge = np.array([0, 1, 10, 100, 2, 19, 9, 99, -5, -50, -6, 10**18])
+    assert edge[decimal_text_order(edge)].astype(str).tolist() == np.sort(edge.astype(str)).tolist()
+
+
+def test_coded_counts_match_counts_on_the_text(tmp_path):
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 30, size=400), rng.integers(0, 12, size=400)
+    users[50:60], items[50:60] = users[40], items[40]  # repeated rows
+    pq.write_table(pa.table({"user": users, "item": items}), tmp_path / "e.parquet")
+    data = _load(tmp_path / "e.parquet")
+    train_items = items[data.train_rows].astype(str)
+    distinct, counts = np.unique(train_items, return_counts=True)
+    frequencies = data.candidate_train_frequencies()
+    assert list(frequencies) == distinct.tolist()
+    assert np.allclose(list(frequencies.values()), counts / counts.sum())
+    pairs = list(zip(users.tolist(), items.tolist()))
+    assert data.duplicate_rows == len(pairs) - len(set(pairs))
+
+
+def test_in_memory_training_batches_are_the_generic_pipelines_batches(tmp_path):
+    from towerkit.datasets.base import to_tf_dataset
+
+    rng = np.random.default_rng(2)
+    table = pa.table({"user": rng.integers(0, 50, size=300), "item": [f"i{v}" for v in rng.integers(0, 20, size=300)],
+                      "ts": np.arange(300)})
+    data = InteractionsDataset.from_arrow(table, query_id="user", candidate_id="item", timestamp="ts")
+    keys = ("item", "ts", "user")
+    coded = list(data.train_stream(keys, 64, shuffle_buffer=100, seed=3).as_numpy_iterator())
+    generic = list(to_tf_dataset(data.train_features(keys)).shuffle(100, seed=3).batch(64).as_numpy_iterator())
+    assert len(coded) == len(generic) == 4
+    for ours, theirs in zip(coded, generic):
+        assert {k: v.tolist() for k, v in ours.items()} == {k: v.tolist() for k, v in theirs.items()}
+
+
 # --- Splits -------------------------------------------------------------------------------------
 
 
