@@ -114,6 +114,22 @@ def test_from_arrow_matches_the_file(tmp_path):
     assert from_table.test_rows.tolist() == from_file.test_rows.tolist()
 
 
+def test_a_csv_column_whose_type_changes_after_the_first_block_reads_as_one_type(tmp_path):
+    import pyarrow.csv as pacsv
+
+    from towerkit.datasets.tabular import read_table
+
+    # 200k lines exceed the readers' first 1 MiB block; only the last line's score is not an integer.
+    lines = [f"{i % 97},{i % 13},{i}" for i in range(200_000)] + ["5,6,2.5"]
+    path = _write(tmp_path / "e.csv", "user,item,score\n" + "\n".join(lines) + "\n")
+    table = read_table(path, ["user", "item"])
+    assert table.schema.field("score").type == pa.float64()
+    assert table.equals(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={"user": pa.string(), "item": pa.string()})))
+    data = _load(path)
+    assert data.interactions["score"][-1] == 2.5 and data.interactions["user"][-1] == "5"
+
+
 # --- Ids held as codes ---------------------------------------------------------------------------
 
 
