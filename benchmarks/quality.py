@@ -118,12 +118,15 @@ def load(protocol: str, seed: int, validation: bool) -> Any:
                                  history_length=HISTORY_LENGTH)
 
 
-def load_cold_start(seed: int, validation: bool) -> Any:
-    """Cold-start users: the same test users with and without the validation users (drawn after them)."""
+def load_cold_start(seed: int, validation: bool, train_history: str = "recent") -> Any:
+    """Cold-start users: the same test users with and without the validation users (drawn after them).
+
+    ``train_history="first"`` trains on each user's first COLD_START_HISTORY items as history (the test's shape).
+    """
     return towerkit.load_dataset("movielens-100k", split="cold-start", split_seed=seed,
                                  cold_start_users=COLD_START_USERS, cold_start_history=COLD_START_HISTORY,
                                  validation_fraction=COLD_START_USERS if validation else 0.0,
-                                 history_length=HISTORY_LENGTH)
+                                 history_length=HISTORY_LENGTH, cold_start_train_history=train_history)
 
 
 def score_baseline(spec: Any, data: Any, split: str) -> tuple[dict[str, float], float]:
@@ -177,19 +180,39 @@ def fit_model(config: dict[str, Any], data: Any, epochs: int, patience: int = 0)
     return model, seconds, stopper.best_epoch if stopper else epochs
 
 
-def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tuning: Any, final: Any,
-               seed: int) -> tuple[dict[str, float], float, str]:
-    """Picks the variant and epoch count on validation, refits on all of train, tests once."""
+def pick_variant(base: str, variants: dict[str, list[str]], shared: list[str], tuning: Any,
+                 seed: int) -> tuple[float, str, int]:
+    """(mean validation figure, variant, epochs) of the best variant, each stopped early on validation."""
     picked = []
     for name, overrides in variants.items():
         config = model_config(base, [*shared, *overrides], seed)
         model, _, epochs = fit_model(config, tuning, MAX_EPOCHS, PATIENCE)
         value = mean_figure(figures(evaluate_topk(model, tuning, KS, True, 4096, split="validation")))
         picked.append((value, name, epochs))
-    _, name, epochs = max(picked)
+    return max(picked)
+
+
+def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tuning: Any, final: Any,
+               seed: int) -> tuple[dict[str, float], float, str]:
+    """Picks the variant and epoch count on validation, refits on all of train, tests once."""
+    _, name, epochs = pick_variant(base, variants, shared, tuning, seed)
     config = model_config(base, [*shared, *variants[name]], seed)
     model, seconds, _ = fit_model(config, final, epochs)
     return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, {epochs} epochs"
+
+
+def tune_cold_start_model(variants: dict[str, list[str]], seed: int) -> tuple[dict[str, float], float, str]:
+    """The cold-start tower over both training shapes (latest items, or each user's first k): picked on validation."""
+    # Trained on first-k histories, every variant reads the same k items: one of them is enough.
+    shaped = {"recent": variants, "first": {name: v for name, v in variants.items() if name == "mean-5"} or variants}
+    picks = {shape: pick_variant("retrieval", shaped[shape], HISTORY_TOWER, load_cold_start(seed, True, shape), seed)
+             for shape in ("recent", "first")}
+    shape = max(picks, key=lambda key: picks[key][0])
+    _, name, epochs = picks[shape]
+    config = model_config("retrieval", [*HISTORY_TOWER, *variants[name]], seed)
+    final = load_cold_start(seed, False, shape)
+    model, seconds, _ = fit_model(config, final, epochs)
+    return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, trained on {shape} histories, {epochs} epochs"
 
 
 RECENT_HISTORY = 10  # the default recipe's user tower reads the latest 10 movies
@@ -264,7 +287,9 @@ def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None,
     if quick:
         chosen = dict(list(chosen.items())[:1])
     rows = {}
-    if "model" in systems:
+    if "model" in systems and protocol == "cold-start":
+        rows[label] = tune_cold_start_model(chosen, seed)
+    elif "model" in systems:
         rows[label] = tune_model("retrieval", chosen, shared, tuning, final, seed)
     if "als" in systems:
         rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final)

@@ -356,14 +356,20 @@ def test_a_history_model_exports_and_serves_a_new_user_from_their_history(data_d
 
 
 @pytest.fixture(scope="module")
-def cold_start(tmp_path_factory):
-    """The same cold-start split of a small GroupLens set, without and with validation users."""
+def cold_start_options(tmp_path_factory):
+    """Dataset options for a cold-start split of a small GroupLens set."""
     from conftest import write_grouplens
 
     directory = tmp_path_factory.mktemp("cold-start")
     write_grouplens(directory / "ml-100k")
-    options = {"data_dir": str(directory), "source": "files", "split": "cold-start", "cold_start_users": 0.2,
-               "cold_start_history": 5, "history_length": 8, "split_seed": 3}
+    return {"data_dir": str(directory), "source": "files", "split": "cold-start", "cold_start_users": 0.2,
+            "cold_start_history": 5, "history_length": 8, "split_seed": 3}
+
+
+@pytest.fixture(scope="module")
+def cold_start(cold_start_options):
+    """The same cold-start split of a small GroupLens set, without and with validation users."""
+    options = cold_start_options
     return (towerkit.load_dataset("movielens-100k", **options),
             towerkit.load_dataset("movielens-100k", validation_fraction=0.2, **options))
 
@@ -390,6 +396,22 @@ def test_cold_start_holds_out_whole_users_with_their_first_k_as_history(cold_sta
         for row in ordered[5:]:  # every target is served from exactly the given history
             assert plain.interactions["movie_history"][row].tolist() == given
     assert plain.describe()["given_history"] == 5 * len(test_users)
+
+
+def test_cold_start_can_train_on_histories_shaped_like_its_test(cold_start, cold_start_options):
+    plain, options = cold_start[0], cold_start_options
+    first = towerkit.load_dataset("movielens-100k", cold_start_train_history="first", **options)
+    np.testing.assert_array_equal(first.train_rows, plain.train_rows)
+    train = set(first.train_rows.tolist())
+    for user in sorted(set(first.interactions["user_id"][first.train_rows]))[:10]:
+        ordered = [row for row in _first_by_time(first, user) if row in train]
+        given = first.interactions["movie_id"][ordered[:5]].astype(np.int64).tolist()
+        for position, row in enumerate(ordered):
+            assert first.interactions["movie_history"][row].tolist() == given[:min(position, 5)]
+    for row in first.test_rows:  # held-out users are served exactly as before
+        assert first.interactions["movie_history"][row].tolist() == plain.interactions["movie_history"][row].tolist()
+    with pytest.raises(ConfigError, match="cold_start_train_history"):
+        towerkit.load_dataset("movielens-100k", cold_start_train_history="last", **options)
 
 
 def test_cold_start_split_breaks_time_ties_by_row_and_checks_its_options():

@@ -81,3 +81,29 @@ def given_history_column(query_ids: np.ndarray, times: np.ndarray, items: np.nda
     # Within a query only the order of times matters, so a held-out query's rows can use their strict rank.
     order = np.where(held_out, -positions_from_end(query_ids, times), times)
     return history_column(query_ids, order, items, np.union1d(train_rows, given_rows), max_length)
+
+
+def first_items_history(query_ids: np.ndarray, times: np.ndarray, items: np.ndarray, rows: np.ndarray,
+                        count: int, histories: np.ndarray) -> np.ndarray:
+    """``histories`` with each of ``rows`` given its query's first ``count`` items among ``rows`` instead.
+
+    Training shaped like a cold-start test: a held-out user is served from its
+    first ``count`` interactions and asked for all its later ones, so a
+    training row after its query's first ``count`` gets exactly those as
+    history, and a row among them gets the ones before it. Order is by time,
+    ties broken by row, as the cold-start split draws the given items.
+
+    Returns:
+        A new object array; rows outside ``rows`` keep their history.
+    """
+    check_positive_int(count, "cold_start_history")
+    result = histories.copy()
+    rows = np.asarray(rows)
+    order = rows[np.lexsort((rows, times[rows], query_ids[rows]))]
+    queries = query_ids[order]
+    bounds = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1], True]) if len(order) else np.zeros(1, int)
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        first = np.asarray(items[order[start:min(stop, start + count)]], dtype=np.int64)
+        for position, row in enumerate(order[start:stop].tolist()):
+            result[row] = first[:position] if position < count else first
+    return result

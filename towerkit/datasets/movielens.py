@@ -10,7 +10,7 @@ import numpy as np
 
 from towerkit.datasets import fetch, grouplens, tfds_prepare
 from towerkit.datasets.base import RetrievalDataset, seed_split
-from towerkit.datasets.history import given_history_column
+from towerkit.datasets.history import first_items_history, given_history_column
 from towerkit.datasets.splits import (
     carve_validation,
     check_cold_start,
@@ -194,6 +194,11 @@ class MovieLens100K(RetrievalDataset):
         cold_start_users: With ``split="cold-start"``, the share of users held out for test.
         cold_start_history: With ``split="cold-start"``, how many first interactions
             each held-out user is given as history (k).
+        cold_start_train_history: With ``split="cold-start"`` and a history,
+            ``"recent"`` gives training rows their latest earlier items (as in
+            the other splits); ``"first"`` gives them their user's first
+            ``cold_start_history`` items, the shape of the held-out users' test
+            (train as you will serve).
 
     Attributes:
         validation_rows: The validation rows (empty without a validation share).
@@ -221,6 +226,7 @@ class MovieLens100K(RetrievalDataset):
         history_length: int = 0,
         cold_start_users: float = 0.1,
         cold_start_history: int = 5,
+        cold_start_train_history: str = "recent",
     ):
         if source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
@@ -242,9 +248,15 @@ class MovieLens100K(RetrievalDataset):
         else:
             train_rows, test_rows = seed_split(len(users), train_fraction, split_seed)
             train_rows, validation_rows = carve_validation(train_rows, len(users), validation_fraction)
+        if cold_start_train_history not in ("recent", "first"):
+            raise ConfigError(f"cold_start_train_history must be 'recent' or 'first', got {cold_start_train_history!r}.")
         if history_length:
-            interactions["movie_history"] = given_history_column(
-                users, times, interactions["movie_id"].astype(np.int64), train_rows, history_rows, history_length)
+            movies = interactions["movie_id"].astype(np.int64)
+            interactions["movie_history"] = given_history_column(users, times, movies, train_rows, history_rows,
+                                                                 history_length)
+            if split == "cold-start" and cold_start_train_history == "first":
+                interactions["movie_history"] = first_items_history(
+                    users, times, movies, train_rows, cold_start_history, interactions["movie_history"])
         super().__init__(interactions, candidates, train_rows, test_rows)
         self.validation_rows = validation_rows
         self.history_rows = history_rows
