@@ -178,10 +178,13 @@ def topk_from_scores(data: Any, score_rows: ScoreRows, ks: Sequence[int], exclud
     """Exact top-k on the test (or validation) split of any scorer, under both protocols."""
     rows = candidate_rows(data, data.interactions[data.candidate_id_key][split_rows(data, split)])
     always, excluding = ranking_masks(data, exclude_train, split)
-    results = _hits(count_ranks(score_rows, rows, always, positive_scores), ks)
+    # About 64M scores per chunk: 4,096 examples at MovieLens size, fewer over a large catalogue (a
+    # scorer may hand back float64, and the comparisons add as much again).
+    chunk = int(max(64, min(4096, 2**26 // max(1, len(data.candidate_ids)))))
+    results = _hits(count_ranks(score_rows, rows, always, positive_scores, chunk), ks)
     if not exclude_train:
         return TopK(results)
-    return TopK(results, _hits(count_ranks(score_rows, rows, excluding, positive_scores), ks))
+    return TopK(results, _hits(count_ranks(score_rows, rows, excluding, positive_scores, chunk), ks))
 
 
 def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: bool = False,
