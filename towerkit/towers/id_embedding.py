@@ -83,9 +83,12 @@ class IdEmbeddingTower(Tower):
             raise ConfigError(f"tower '{self.component_name}' got an empty vocabulary for '{self.feature}'.")
         check_weights_fit(len(vocabulary) + self.num_oov_buckets, self.embedding_dim, "embedding_dim",
                           f"tower '{self.component_name}' ({len(vocabulary):,} ids of '{self.feature}')")
-        self.vocabulary = vocabulary
+        # Not tracked by Keras: a tracked list is walked element by element each time the model's
+        # losses or layers are listed (every trace), minutes for 10M ids; it holds no weights.
+        object.__setattr__(self, "vocabulary", vocabulary)
         self.lookup = tf.keras.layers.StringLookup(
-            vocabulary=vocabulary,
+            # An object array (8 bytes an id, the same str objects): Keras would track a list and walk it.
+            vocabulary=np.array(vocabulary, dtype=object),
             mask_token=None,
             num_oov_indices=self.num_oov_buckets,
             name="lookup",
