@@ -19,7 +19,10 @@ Columns are held as NumPy arrays (no Python object per row). Ids are strings
 from the moment they are read: an integer id ``42`` becomes ``"42"``
 (``str(value)``), and text ids keep their exact text (``"007"`` stays
 ``"007"``), so exports and ``towerkit recommend`` answer with the ids as the
-file has them.
+file has them. They are held as int32 codes into their sorted distinct values
+(:class:`~towerkit.datasets.base.CodedColumns`), as are the columns joined from
+the ``candidates`` and ``queries`` tables: ``interactions[key]`` spells a
+column out when it is read.
 """
 
 from __future__ import annotations
@@ -256,10 +259,12 @@ class InteractionsDataset(RetrievalDataset):
         return {k: _take(columns, k, self.validation_rows) for k in columns}
 
     def train_stream(self, keys: Sequence[str], batch_size: int, *, shuffle_buffer: int, seed: int,
-                     input_context: Any = None) -> "tf.data.Dataset":
-        """One epoch of training batches: the same batches, in the same order, as the generic pipeline's
+                     input_context: Any = None) -> Any:
+        """One epoch of training batches, gathered inside tf.data from the id codes.
+
+        The same batches, in the same order, as the generic pipeline's
         ``to_tf_dataset(train_features(keys)).shuffle(shuffle_buffer, seed).batch(batch_size).cache()``,
-        gathered inside tf.data from the id codes, so no text column of every training row is built.
+        but no text column of every training row is built.
 
         Args:
             keys: The features the towers read.
