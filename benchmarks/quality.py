@@ -66,9 +66,9 @@ COLD_START_ALS_GRID = [{"name": "als", "factors": f, "regularization": r, "alpha
                        for f in (4, 8, 16, 32) for r in (0.01, 0.1, 1.0) for a in (0.25, 0.5, 1.0, 5.0)]
 # Two-tower variants: recipe overrides, each with early stopping on validation top-100.
 RANDOM_VARIANTS = {
-    "default": [],  # the user id plus its latest 10 movies, mean-pooled
-    "history-20": ["query_tower.history=20"],
-    "attention-10": ['query_tower.history_pooling="attention"'],
+    "attention-10": [],  # the shipped recipe: the user id plus its latest 10 movies, attention-pooled
+    "history-20": ['query_tower.history_pooling="mean"', "query_tower.history=20"],
+    "mean-10": ['query_tower.history_pooling="mean"'],
     "no-history": ["query_tower.history=0"],  # round 2's recipe: the user id alone
 }
 # The random protocol's data carries the longest history any variant reads; a tower keeps its own last N.
