@@ -152,6 +152,14 @@ def _callbacks(ctx: RunContext) -> tuple[list[Any], EpochEvaluation | None, int]
     return callbacks, curves, initial_epoch
 
 
+def epoch_rows(data: Any) -> int:
+    """How many rows one training epoch has: all of them, even where a streamed dataset holds only a sample."""
+    rows = getattr(data, "num_train_rows", None)
+    if rows is not None:
+        return int(rows)
+    return int(data.describe()["train"]) if callable(getattr(data, "train_stream", None)) else len(data.train_rows)
+
+
 def stage_fit(ctx: RunContext) -> None:
     """Trains for the recipe's epochs (from the last checkpoint when resuming)."""
     train = ctx.config["train"]
@@ -159,7 +167,7 @@ def stage_fit(ctx: RunContext) -> None:
     streamed = callable(getattr(ctx.data, "train_stream", None))
     dataset, fit_options = fit_input(ctx.strategy, lambda context=None: training_dataset(
         ctx.data, ctx.model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"], context),
-        ctx.data.describe()["train"] if streamed else len(ctx.data.train_rows), train["batch_size"],
+        epoch_rows(ctx.data), train["batch_size"],
         shards_itself=streamed)
     callbacks, curves, initial_epoch = _callbacks(ctx)
     ctx.log(f"training {train['epochs']} epochs, batch {train['batch_size']} ...")
