@@ -78,3 +78,18 @@ def test_a_damaged_known_features_file_is_one_clear_error(trained, tmp_path):
     result = run_cli("recommend", "--model", str(copy), "--user", str(data.interactions["user_id"][0]))
     assert result.returncode == 2
     assert "query_features.json is damaged" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_over_http_a_known_user_is_answered_from_its_id(trained):
+    from test_http import Server, call
+
+    model, data = trained
+    user = str(data.interactions["user_id"][data.train_rows[0]])
+    _, expected = towerkit.load_export(model).recommend({"user_id": [user]})
+    server = Server(model)
+    try:
+        status, body = call(f"{server.base}/retrieval:predict", {"instances": [{"user_id": user}]})
+    finally:
+        assert server.stop() == 0
+    assert status == 200, body
+    assert body["predictions"][0]["ids"] == [i.decode() for i in expected[0]]
