@@ -1,6 +1,7 @@
 """The interactions dataset with stream = true: Parquet shards read batch by batch, split row by row."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -173,16 +174,8 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     assert many_peak - few_peak < 60 * 1024, (few_peak, many_peak)
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("csv", "trains from Parquet shards"),
-    ("empty-dir", "no .csv/.tsv/.parquet/.jsonl file"),
-    ("leave-last", "leave-last"),
-    ("missing-column", "is not a column"),
-    ("schemas-differ", "same columns and types"),
-])
-def test_bad_stream_input_is_one_clear_error_exit_2_and_writes_nothing(tmp_path, case, fragment):
-    events = tmp_path / "events"
-    extra = ""
+def _bad_stream_input(events: Path, case: str) -> dict:
+    """Writes the bad input of ``case`` under ``events``; returns the extra dataset options it needs."""
     if case == "csv":
         _shards(events, _log(100), 1)
         (events / "more.csv").write_text("user,item,ts\nu1,1,5\n")
@@ -190,17 +183,39 @@ def test_bad_stream_input_is_one_clear_error_exit_2_and_writes_nothing(tmp_path,
         events.mkdir()
     elif case == "leave-last":
         _shards(events, _log(100), 1)
-        extra = 'split = "leave-last"'
+        return {"split": "leave-last"}
     elif case == "missing-column":
         events.mkdir()
         pq.write_table(_log(100).rename_columns(["user", "product", "ts"]), events / "part-0.parquet")
     else:
         _shards(events, _log(100), 1)
         pq.write_table(_log(100).drop(["ts"]), events / "part-9.parquet")
+    return {}
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("csv", "trains from Parquet shards"),
+    ("empty-dir", "no .csv/.tsv/.parquet/.jsonl file"),
+    ("leave-last", "leave-last"),
+    ("missing-column", "is not a column"),
+    ("schemas-differ", "same columns and types"),
+])
+def test_bad_stream_input_is_one_clear_error(tmp_path, case, fragment):
+    events = tmp_path / "events"
+    extra = _bad_stream_input(events, case)
+    with pytest.raises((ConfigError, DataError), match=re.escape(fragment)) as raised:
+        _stream(events, **extra)
+    assert "\n" not in str(raised.value)
+
+
+def test_bad_stream_input_on_the_cli_exits_2_and_writes_nothing(tmp_path):
+    # One case end to end (every case above raises before any work, so they share this path).
+    events = tmp_path / "events"
+    _bad_stream_input(events, "schemas-differ")
     output = tmp_path / "run"
-    result = run_cli("train", str(_recipe(tmp_path, events, extra)), "--output", str(output))
+    result = run_cli("train", str(_recipe(tmp_path, events)), "--output", str(output))
     assert result.returncode == 2, result.stderr[-2000:]
-    assert fragment in result.stderr and result.stderr.count("\n") <= 2, result.stderr
+    assert "same columns and types" in result.stderr and result.stderr.count("\n") <= 2, result.stderr
     assert not output.exists()
 
 
