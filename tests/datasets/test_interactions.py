@@ -658,3 +658,18 @@ def test_any_small_file_loads_or_is_one_towerkit_error(tmp_path_factory):
             assert "\n" not in str(error)
 
     load()
+
+
+def test_training_batches_under_a_multi_replica_context_are_per_replica():
+    """Two replicas fed by one pipeline: each batch is half the global batch, and every row still comes once."""
+    import tensorflow as tf
+
+    table = pa.table({"user": [f"u{i % 37}" for i in range(1000)], "item": [i % 53 for i in range(1000)]})
+    data = InteractionsDataset.from_arrow(table, "user", "item")
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    whole = list(data.train_stream(["user"], 100, shuffle_buffer=1000, seed=1))
+    halves = list(data.train_stream(["user"], 100, shuffle_buffer=1000, seed=1, input_context=context))
+    assert max(int(b["user"].shape[0]) for b in whole) == 100
+    assert max(int(b["user"].shape[0]) for b in halves) == 50
+    assert sorted(np.concatenate([b["user"].numpy() for b in halves]).tolist()) == sorted(
+        np.concatenate([b["user"].numpy() for b in whole]).tolist())

@@ -140,8 +140,12 @@ def coded_batches(columns: CodedColumns, rows: np.ndarray, batch_size: int, shuf
         batch_size: Rows per batch (the last may be smaller).
         shuffle_buffer: tf.data's shuffle buffer, capped at the number of rows.
         seed: The shuffle's seed.
-        input_context: A ``tf.distribute.InputContext``; its pipeline keeps every n-th batch.
+        input_context: A ``tf.distribute.InputContext``; its pipeline keeps every n-th batch, each
+            of the per-replica size.
     """
+    if input_context is not None:
+        # Under a multi-replica strategy a pipeline feeds its replicas one per-replica batch at a time.
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
     gathered = {}
     for key in columns:
         if key in columns.coded:

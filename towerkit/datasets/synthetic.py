@@ -289,11 +289,11 @@ class SyntheticDataset(RetrievalDataset):
             input_context: A ``tf.distribute.InputContext``: this pipeline keeps every n-th batch.
         """
         columns = self._columns(keys)
+        if not self.streamed:
+            return coded_batches(columns, self.train_rows, batch_size, shuffle_buffer, seed, input_context)
         if input_context is not None:
             # Under a multi-replica strategy each pipeline feeds its replicas, a per-replica batch at a time.
             batch_size = input_context.get_per_replica_batch_size(batch_size)
-        if not self.streamed:
-            return coded_batches(columns, self.train_rows, batch_size, shuffle_buffer, seed, input_context)
         num_blocks = -(-self._num_train // BLOCK_ROWS)
         blocks = tf.data.Dataset.range(num_blocks).shuffle(
             min(num_blocks, max(1, shuffle_buffer // BLOCK_ROWS)), seed=seed, reshuffle_each_iteration=False)
