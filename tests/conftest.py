@@ -152,6 +152,47 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(disk)], check=False)
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports of 127.0.0.1 that were free a moment ago (bound, read, released)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def train_on_two_workers(recipe: Path, output: Path, timeout: int = 400) -> list[tuple[str, str]]:
+    """Runs `towerkit train --strategy multi-worker` as two worker processes on 127.0.0.1.
+
+    Asserts both exit 0; returns each worker's (stdout, stderr).
+    """
+    import json
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    try:
+        for index in range(2):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "towerkit.cli", "train", str(recipe), "--strategy", "multi-worker",
+                 "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                env=env))
+        results = [worker.communicate(timeout=timeout) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for worker, (_, stderr) in zip(workers, results):
+        assert worker.returncode == 0, stderr[-3000:]
+    return results
+
+
 def train_recipe(folder: Path, name: str, text: str) -> Path:
     """Writes a recipe into ``folder``, trains it with the CLI, and returns the run directory."""
     (folder / f"{name}.toml").write_text(text)

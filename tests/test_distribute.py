@@ -2,12 +2,9 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 
-from conftest import ROOT, recipe_text, run_python
+from conftest import recipe_text, run_python, train_on_two_workers
 
 RECIPE = recipe_text(
     dataset={"num_users": 300, "num_items": 100, "num_interactions": 8000},
@@ -49,38 +46,11 @@ print(json.dumps(out))
         assert abs(out["default"][k] - out["mirrored"][k]) <= TOLERANCE, out
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_on_localhost_train_and_the_chief_exports(tmp_path):
     (tmp_path / "recipe.toml").write_text(RECIPE.replace("global_negatives = true", "global_negatives = false"))
     assert "global_negatives = false" in (tmp_path / "recipe.toml").read_text()
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     output = tmp_path / "run"
-    workers = []
-    try:
-        for index in range(2):
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "towerkit.cli", "train", str(tmp_path / "recipe.toml"),
-                 "--strategy", "multi-worker", "-o", str(output)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT), env=env))
-        results = [worker.communicate(timeout=400) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    for worker, (stdout, stderr) in zip(workers, results):
-        assert worker.returncode == 0, stderr[-3000:]
+    results = train_on_two_workers(tmp_path / "recipe.toml", output)
     assert "2 replicas" in results[0][0]
     assert "the chief worker writes the reports" in results[1][0]
     from towerkit.serving import load_export

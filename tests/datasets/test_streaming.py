@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import towerkit
-from conftest import run_cli
+from conftest import run_cli, train_on_two_workers
 
 from towerkit.errors import ConfigError, DataError
 
@@ -247,33 +247,10 @@ def test_max_queries_samples_test_queries_of_an_in_memory_dataset(tmp_path):
 
 
 def test_two_workers_stream_their_own_shards_and_the_chief_exports(tmp_path):
-    import os
-    import socket
-
     shards = _shards(tmp_path / "events", _log(4000), 4)
     recipe = _recipe(tmp_path, shards)
-    sockets = [socket.socket() for _ in range(2)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
-    for s in sockets:
-        s.close()
-    output, workers = tmp_path / "run", []
-    try:
-        for index in range(2):
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "towerkit.cli", "train", str(recipe), "--strategy", "multi-worker",
-                 "-o", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-        results = [worker.communicate(timeout=400) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    for worker, (stdout, stderr) in zip(workers, results):
-        assert worker.returncode == 0, stderr[-3000:]
+    output = tmp_path / "run"
+    results = train_on_two_workers(recipe, output)
     assert "2 replicas" in results[0][0]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["dataset"]["stream"] is True and metrics["test"]["model"]["all"]["top_5"] > 0

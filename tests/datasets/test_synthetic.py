@@ -3,7 +3,6 @@
 import resource
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import towerkit
