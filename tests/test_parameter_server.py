@@ -9,14 +9,13 @@ where its variables live.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, recipe_text, run_python
+from conftest import ROOT, free_ports, recipe_text, run_python
 from towerkit import distribute
 from towerkit.errors import ConfigError
 
@@ -43,16 +42,6 @@ print(json.dumps({"test": ctx.metrics["test"]["model"]["all"], "placement": dist
                   "top_ids": [i.decode() for i in top[1][0].numpy()],
                   "top_scores": top[0][0].numpy().tolist()}))
 """
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _env(cluster, task_type, index):
@@ -93,7 +82,7 @@ def test_chief_two_workers_two_ps_shard_tables_survive_a_killed_worker_and_expor
     recipe.write_text(RECIPE)
     single = _single_process_quality(recipe)
 
-    ports = _free_ports(5)
+    ports = free_ports(5)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
                "ps": [f"127.0.0.1:{p}" for p in ports[3:5]]}
     output = tmp_path / "run"
