@@ -154,6 +154,7 @@ def coded_batches(columns: CodedColumns, rows: np.ndarray, batch_size: int, shuf
         else:
             gathered[key] = (tf.convert_to_tensor(to_tensor(columns.plain[key][rows])), None)
 
+    @tf.autograph.experimental.do_not_convert  # no Python control flow; AutoGraph misreads the comprehension
     def features(positions: tf.Tensor) -> dict[str, Any]:
         return {key: tf.gather(values, positions if codes is None else tf.gather(codes, positions))
                 for key, (values, codes) in gathered.items()}
