@@ -249,7 +249,8 @@ class MovieLens100K(RetrievalDataset):
             train_rows, test_rows = seed_split(len(users), train_fraction, split_seed)
             train_rows, validation_rows = carve_validation(train_rows, len(users), validation_fraction)
         if cold_start_train_history not in ("recent", "first"):
-            raise ConfigError(f"cold_start_train_history must be 'recent' or 'first', got {cold_start_train_history!r}.")
+            raise ConfigError(f"cold_start_train_history must be 'recent' or 'first', got "
+                              f"{cold_start_train_history!r}; set it to one of those (with split='cold-start').")
         if history_length:
             movies = interactions["movie_id"].astype(np.int64)
             interactions["movie_history"] = given_history_column(users, times, movies, train_rows, history_rows,
