@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import towerkit
 from towerkit.indexes.recall_tuning import (
-    REORDER_GRID, choose_search, exact_top_k, fewest_leaves, recall_at_k, recall_lower_bound, search_cost,
+    PLATEAU_TOLERANCE, REORDER_GRID, choose_search, exact_top_k, fewest_leaves, recall_at_k, recall_lower_bound, search_cost,
 )
 
 K = 10
@@ -87,6 +87,37 @@ def test_choose_search_keeps_the_cheapest_modelled_pair_without_timings():
     assert search_cost(*chosen, 100, 1_000_000) == min(search_cost(*pair, 100, 1_000_000) for pair in reaching)
     unreachable = choose_search(lambda leaves, reorder: np.full((400, K), -1), exact, 0.5, 100, 1_000_000, K)
     assert unreachable["target_reached"] is False and unreachable["reached_recall"] == 0.0
+
+
+def test_an_unreachable_target_keeps_the_cheapest_setting_as_good_as_the_most_thorough():
+    """When even every leaf falls short, searching every leaf is not the answer: the cheapest
+    setting whose bound matches the most thorough search's (within the tolerance) is."""
+    exact = np.tile(np.arange(K), (400, 1))
+
+    def saturating(leaves, reorder):  # at most 9 of 10 found, however hard the search
+        hits = min(K - 1, int(leaves / 10 + reorder / 100))
+        return np.concatenate([exact[:, :hits], np.full((len(exact), K - hits), -1)], axis=1)
+
+    choice = choose_search(saturating, exact, 0.99, 100, 1_000_000, K)
+    best = recall_lower_bound(saturating(100, REORDER_GRID[-1]), exact)
+    assert choice["target_reached"] is False
+    assert choice["recall_lower_bound"] >= best - PLATEAU_TOLERANCE
+    plateau = [pair for pair in _reaching(saturating, exact, best - PLATEAU_TOLERANCE, 100)]
+    chosen = (choice["num_leaves_to_search"], choice["num_reordering_candidates"])
+    assert search_cost(*chosen, 100, 1_000_000) == min(search_cost(*pair, 100, 1_000_000) for pair in plateau)
+    assert search_cost(*chosen, 100, 1_000_000) < search_cost(100, REORDER_GRID[-1], 100, 1_000_000)
+
+
+def test_rescoring_sizes_never_exceed_the_catalogue():
+    exact = np.tile(np.arange(K), (50, 1))
+    asked = []
+
+    def found(leaves, reorder):
+        asked.append(reorder)
+        return exact
+
+    choose_search(found, exact, 0.5, 10, 300, K)
+    assert asked and max(asked) <= 300
 
 
 @pytest.mark.parametrize("leaf_seconds, reorder_seconds", [(1e-3, 1e-6), (1e-6, 1e-3)])
