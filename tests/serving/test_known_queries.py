@@ -89,7 +89,12 @@ def test_over_http_a_known_user_is_answered_from_its_id(trained):
     server = Server(model)
     try:
         status, body = call(f"{server.base}/retrieval:predict", {"instances": [{"user_id": user}]})
+        # TF Serving's bare-value shorthand feeds the id the export fills the history from.
+        bare_status, bare = call(f"{server.base}/retrieval:predict", {"instances": [user]})
+        columnar_status, columnar = call(f"{server.base}/retrieval:predict", {"inputs": [user, user]})
     finally:
         assert server.stop() == 0
     assert status == 200, body
     assert body["predictions"][0]["ids"] == [i.decode() for i in expected[0]]
+    assert bare_status == 200 and bare["predictions"] == body["predictions"]
+    assert columnar_status == 200 and columnar["outputs"]["ids"] == [body["predictions"][0]["ids"]] * 2

@@ -155,9 +155,14 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def instances_to_columns(instances: Any, keys: list[str], most: int, max_instances: int
-                         ) -> tuple[dict[str, list[Any]], list[Any] | None, list[int]]:
-    """Row format to columns: (features, exclusions or None, k per instance)."""
+def instances_to_columns(instances: Any, keys: list[str], most: int, max_instances: int,
+                         bare_key: str | None = None) -> tuple[dict[str, list[Any]], list[Any] | None, list[int]]:
+    """Row format to columns: (features, exclusions or None, k per instance).
+
+    A bare value (TF Serving's shorthand for a single-input model) feeds ``bare_key``: by default
+    the only feature; an export that fills a known query's other features from its id names the id.
+    """
+    bare_key = bare_key or (keys[0] if len(keys) == 1 else None)
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, '"instances" must be a non-empty list of instances, e.g. '
                                 f'[{{"{keys[0]}": ...}}].')
@@ -168,9 +173,9 @@ def instances_to_columns(instances: Any, keys: list[str], most: int, max_instanc
     exclusions, ks = [], []
     for position, instance in enumerate(instances):
         if not isinstance(instance, dict):
-            if len(keys) != 1:
+            if bare_key is None:
                 raise RequestError(400, f"instances[{position}] must be an object of features ({', '.join(keys)}).")
-            instance = {keys[0]: instance}  # TF Serving's shorthand for a single-input model
+            instance = {bare_key: instance}
         for key, value in instance.items():
             if key not in INSTANCE_OPTIONS:
                 columns.setdefault(key, [])
@@ -197,13 +202,15 @@ def _instance_k(value: Any, most: int, where: str) -> int:
         raise RequestError(400, f"{where}: {exc}") from None
 
 
-def inputs_to_columns(inputs: Any, keys: list[str], most: int, max_instances: int
-                      ) -> tuple[dict[str, list[Any]], list[Any] | None, int]:
-    """Columnar format to columns: (features, exclusions or None, k)."""
+def inputs_to_columns(inputs: Any, keys: list[str], most: int, max_instances: int,
+                      bare_key: str | None = None) -> tuple[dict[str, list[Any]], list[Any] | None, int]:
+    """Columnar format to columns: (features, exclusions or None, k); a bare list feeds ``bare_key``
+    (as in :func:`instances_to_columns`)."""
+    bare_key = bare_key or (keys[0] if len(keys) == 1 else None)
     if not isinstance(inputs, dict):
-        if len(keys) != 1:
+        if bare_key is None:
             raise RequestError(400, f'"inputs" must be an object of feature -> list of values ({", ".join(keys)}).')
-        inputs = {keys[0]: inputs}  # TF Serving's shorthand for a single-input model
+        inputs = {bare_key: inputs}  # TF Serving's shorthand for a single-input model
     columns = {key: value for key, value in inputs.items() if key not in INSTANCE_OPTIONS}
     for key, value in columns.items():
         if isinstance(value, list) and len(value) > max_instances:
@@ -345,10 +352,12 @@ class ModelServer:
             raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=request.content_length)
         body = parse_body(await request.read())
         keys, most = self.export.query_feature_keys, self.export.k
+        known = self.export.known_features
+        bare_key = known["id_feature"] if known and known["id_feature"] in keys else None
         if "instances" in body:
-            columns, exclude, ks = instances_to_columns(body["instances"], keys, most, self.max_instances)
+            columns, exclude, ks = instances_to_columns(body["instances"], keys, most, self.max_instances, bare_key)
         else:
-            columns, exclude, k = inputs_to_columns(body["inputs"], keys, most, self.max_instances)
+            columns, exclude, k = inputs_to_columns(body["inputs"], keys, most, self.max_instances, bare_key)
         try:
             columns, exclusions, _ = self.export.check_query(columns, exclude)
         except QueryError as exc:
