@@ -35,6 +35,12 @@ class HistoryTower(Tower):
     added, so an empty history still gets a defined (popularity-like) embedding.
     Unknown item ids share one out-of-vocabulary row.
 
+    With ``item_bias`` the output gains a last column that is always 1: the
+    slot that multiplies a candidate tower's learned per-item bias (the
+    ``movie`` tower's ``item_bias``), so scores are ``q . c + b_item``. From a
+    few items of history, how popular a candidate is carries much of the
+    signal; the bias learns it apart from the embedding.
+
     Args:
         feature: The history feature: a ragged list of int64 item ids per query.
         vocabulary: The known item ids; if omitted, :meth:`adapt` learns them.
@@ -43,6 +49,8 @@ class HistoryTower(Tower):
         pooling: ``"mean"``, ``"attention"`` or ``"gru"`` (a GRU reads the history
             oldest first; its last state, after the most recent item, is the output).
         l2: L2 penalty on the item embeddings each batch uses (0 for none).
+        item_bias: Append a constant 1 as a last column (the output is
+            ``embedding_dim + 1`` wide), for a candidate tower with a per-item bias.
         **kwargs: Passed to ``tf.keras.layers.Layer``.
 
     Example:
@@ -53,8 +61,11 @@ class HistoryTower(Tower):
 
     def __init__(self, feature: str = "movie_history", vocabulary: Sequence[int] | None = None,
                  embedding_dim: int = 32, max_length: int = 50, pooling: str = "mean", l2: float = 0.0,
-                 **kwargs: Any):
+                 item_bias: bool = False, **kwargs: Any):
         super().__init__(embedding_dim=embedding_dim, **kwargs)
+        if not isinstance(item_bias, bool):
+            raise ConfigError(f"item_bias must be true or false, got {item_bias!r}.")
+        self.item_bias = item_bias
         if not isinstance(feature, str) or not feature:
             raise ConfigError(f"feature must be a non-empty string, got {feature!r}.")
         if pooling not in POOLINGS:
@@ -80,6 +91,10 @@ class HistoryTower(Tower):
     @property
     def is_adapted(self) -> bool:
         return self.vocabulary is not None
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim + 1 if self.item_bias else self.embedding_dim
 
     def adapt(self, features: Mapping[str, Any]) -> None:
         if self.vocabulary is None:
@@ -134,10 +149,13 @@ class HistoryTower(Tower):
             weights = tf.exp(logits - tf.reduce_max(logits, axis=1)[:, None])
             weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1)[:, None], 1e-12)
             pooled = tf.reduce_sum(embedded * tf.expand_dims(weights, -1), axis=1)
-        return pooled + self.bias
+        pooled = pooled + self.bias
+        if self.item_bias:
+            return tf.concat([pooled, tf.ones_like(pooled[:, :1])], axis=-1)
+        return pooled
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(feature=self.feature, vocabulary=self.vocabulary, max_length=self.max_length,
-                      pooling=self.pooling, l2=self.l2)
+                      pooling=self.pooling, l2=self.l2, item_bias=self.item_bias)
         return config

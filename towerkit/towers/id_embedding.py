@@ -26,12 +26,20 @@ class IdEmbeddingTower(Tower):
     Unknown ids map to a shared out-of-vocabulary row, so a new user still gets
     a defined (learned OOV) embedding.
 
+    With ``item_bias`` the output gains one last column, a learned scalar per
+    id (zero at the start, not L2-penalised). Paired with a query tower whose
+    last column is a constant 1 (``HistoryTower(item_bias=True)``), the dot
+    product becomes ``q . c + b_id``: each candidate gets its own additive
+    score, such as its popularity, without spending embedding width on it.
+
     Args:
         feature: The feature key to read.
         vocabulary: The known ids; if omitted, :meth:`adapt` learns them.
         embedding_dim: Width of the embeddings.
         num_oov_buckets: Rows reserved for unknown ids.
         l2: L2 penalty on the embeddings of each batch (0 for none).
+        item_bias: Append a learned per-id bias as a last column (the output is
+            ``embedding_dim + 1`` wide; the other tower must match it).
         **kwargs: Passed to ``tf.keras.layers.Layer``.
 
     Example:
@@ -47,9 +55,13 @@ class IdEmbeddingTower(Tower):
         embedding_dim: int = 32,
         num_oov_buckets: int = 1,
         l2: float = 0.0,
+        item_bias: bool = False,
         **kwargs: Any,
     ):
         super().__init__(embedding_dim=embedding_dim, **kwargs)
+        if not isinstance(item_bias, bool):
+            raise ConfigError(f"item_bias must be true or false, got {item_bias!r}.")
+        self.item_bias = item_bias
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
             raise ConfigError(f"l2 must be a non-negative number, got {l2!r}.")
         self.l2 = float(l2)
@@ -63,6 +75,7 @@ class IdEmbeddingTower(Tower):
         self.vocabulary: list[str] | None = None
         self.lookup = None
         self.embedding = None
+        self.bias_embedding = None
         if vocabulary is not None:
             self._build_layers(list(vocabulary))
 
@@ -73,6 +86,10 @@ class IdEmbeddingTower(Tower):
     @property
     def is_adapted(self) -> bool:
         return self.vocabulary is not None
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim + 1 if self.item_bias else self.embedding_dim
 
     def adapt(self, features: Mapping[str, Any]) -> None:
         if self.vocabulary is None:
@@ -96,6 +113,10 @@ class IdEmbeddingTower(Tower):
         self.embedding = tf.keras.layers.Embedding(
             len(vocabulary) + self.num_oov_buckets, self.embedding_dim, name="embedding"
         )
+        if self.item_bias:
+            self.bias_embedding = tf.keras.layers.Embedding(
+                len(vocabulary) + self.num_oov_buckets, 1, embeddings_initializer="zeros", name="item_bias"
+            )
 
     def call(self, features: Any) -> tf.Tensor:
         if self.lookup is None:
@@ -103,12 +124,14 @@ class IdEmbeddingTower(Tower):
                 f"tower '{self.component_name}' has no vocabulary yet; pass vocabulary= or assemble it "
                 "with data so it can adapt."
             )
-        ids = self.select(features)[self.feature]
-        embeddings = self.embedding(self.lookup(ids))
+        indices = self.lookup(self.select(features)[self.feature])
+        embeddings = self.embedding(indices)
         if self.l2:
             # Penalising the rows a batch uses (not the whole table) regularises
             # frequent ids more, like weight decay applied per occurrence.
             self.add_loss(self.l2 * tf.reduce_sum(tf.square(embeddings)))
+        if self.item_bias:
+            return tf.concat([embeddings, self.bias_embedding(indices)], axis=-1)
         return embeddings
 
     def get_config(self) -> dict[str, Any]:
@@ -118,5 +141,6 @@ class IdEmbeddingTower(Tower):
             vocabulary=self.vocabulary,
             num_oov_buckets=self.num_oov_buckets,
             l2=self.l2,
+            item_bias=self.item_bias,
         )
         return config

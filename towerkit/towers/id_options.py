@@ -32,10 +32,10 @@ class IdOptions:
     l2: float = 0.0
     num_oov_buckets: int = 1
 
-    def id_tower(self) -> IdEmbeddingTower:
-        """The plain tower: StringLookup then Embedding of the id."""
+    def id_tower(self, item_bias: bool = False) -> IdEmbeddingTower:
+        """The plain tower: StringLookup then Embedding of the id (plus a per-id bias column with ``item_bias``)."""
         return IdEmbeddingTower(self.feature, self.vocabulary, self.embedding_dim, self.num_oov_buckets,
-                                l2=self.l2, name=self.name)
+                                l2=self.l2, item_bias=item_bias, name=self.name)
 
     def feature_tower(self, **parts: Any) -> FeatureTower:
         """The id embedding plus side features; ``parts`` are FeatureTower's other options."""
