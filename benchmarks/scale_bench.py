@@ -11,6 +11,10 @@ which ``pipeline.training_dataset`` calls for a dataset that has it;
 ``--input slices`` from the older slice-and-cache pipeline
 (``to_tf_dataset(train_features).shuffle.batch.cache``), for comparison.
 
+After the epoch it does what the train job (``towerkit.pipeline``) does next, minus the
+evaluation: drops the training input (local to the fit stage there), builds the index with
+``towerkit.models.build_index`` (the index stage's call), and answers one query through it.
+
 ``--streamed`` runs issue 19's second target instead: 10M users x 10M items x
 100M interactions generated on the fly (never held), ``--steps`` steps of the
 epoch (each ``--batch-size`` rows), with the epoch's time extrapolated from the
@@ -38,8 +42,7 @@ import towerkit  # noqa: E402  (selects Keras 2)
 import tensorflow as tf  # noqa: E402
 
 from towerkit.datasets.base import to_tf_dataset  # noqa: E402
-from towerkit.embedding import embed  # noqa: E402
-from towerkit.models import make_optimizer  # noqa: E402
+from towerkit.models import build_index, make_optimizer  # noqa: E402
 
 PEAK_TARGET_GIB = 3.0
 STREAMED_TARGET_GIB = 24.0
@@ -107,16 +110,15 @@ def in_memory(args) -> float:
     del dataset
     gc.collect()
 
+    # The train job's index stage: build_index embeds every candidate and builds the index over
+    # them under their ids; then the example query goes through the index, raw features in.
     start = time.perf_counter()
-    items = embed(model.candidate_tower, {"movie_title": data.candidate_ids})
-    embed_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    index = towerkit.create_index("scann", k=10).index(items, identifiers=tf.constant(data.candidate_ids))
-    print(f"embed {len(data.candidate_ids):,} items: {embed_seconds:5.1f} s; ScaNN build "
-          f"{time.perf_counter() - start:6.1f} s {index.parameters()}")
+    index = build_index(model, data, {"name": "scann", "k": 10})
+    print(f"embed {len(data.candidate_ids):,} items + ScaNN build: {time.perf_counter() - start:6.1f} s   "
+          f"{memory()}   {index.parameters()}")
     user = data.interactions["user_id"][data.test_rows[:1]]
-    top = index(model.query_tower({"user_id": tf.constant(user)}))[1][0, :3].numpy()
-    print(f"top 3 for test user {user[0]!r}: {[t.decode() for t in top]}")
+    top = index({"user_id": tf.constant(user)})[1][0, :3].numpy()
+    print(f"top 3 for test user {user[0]!r}: {[t.decode() for t in top]}   {memory()}")
     return PEAK_TARGET_GIB
 
 

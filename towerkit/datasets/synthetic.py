@@ -196,7 +196,8 @@ class SyntheticDataset(RetrievalDataset):
         user_vectors, item_vectors, item_genres, users, items = _generate(
             rng, num_users, num_items, num_interactions, latent_dim, num_genres, popularity_exponent,
             temperature, num_sampled)
-        self.user_vectors, self.item_vectors = user_vectors, item_vectors
+        # The latent vectors are not kept: nothing reads them once the rows are drawn (64 MB at 1M x 1M).
+        del user_vectors, item_vectors
         candidates = self._candidates(item_genres, genres)
         interactions = self._coded(candidates, _ids("user ", num_users), users.astype(np.int32),
                                    items.astype(np.int32), {
