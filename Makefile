@@ -20,8 +20,10 @@ install: $(VENV)/.installed
 train: install
 	$(BIN)/towerkit train
 
+# Two pytest workers, a test file each at a time (a file's fixtures are built once): most of the
+# suite's time is single-threaded (tracing, subprocess start-up), so two cores run two files.
 test: install
-	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/train_bench.py
