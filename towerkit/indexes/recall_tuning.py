@@ -74,7 +74,8 @@ def exact_top_k(queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarr
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean share of each query's exact top k that the approximate search found."""
-    return float(per_query_recall(found, exact).mean())
+    k = exact.shape[1]
+    return float(np.mean([len(set(f[:k].tolist()) & set(e.tolist())) / k for f, e in zip(found, exact)]))
 
 
 def search_cost(leaves: int, reorder: int, num_leaves: int, num_candidates: int) -> float:
@@ -83,12 +84,6 @@ def search_cost(leaves: int, reorder: int, num_leaves: int, num_candidates: int)
     Used to rank settings only when no latency measurement is available."""
     approximate = leaves / num_leaves * num_candidates
     return (num_leaves + approximate) * APPROXIMATE_COST + reorder
-
-
-def per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """Each query's share of its exact top k that the approximate search found."""
-    k = exact.shape[1]
-    return np.array([len(set(f[:k].tolist()) & set(e.tolist())) / k for f, e in zip(found, exact)])
 
 
 def recall_lower_bound(found: np.ndarray, exact: np.ndarray, z: float = CONFIDENCE_Z) -> float:

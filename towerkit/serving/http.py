@@ -210,7 +210,7 @@ def inputs_to_columns(inputs: Any, keys: list[str], most: int, max_instances: in
     if not isinstance(inputs, dict):
         if bare_key is None:
             raise RequestError(400, f'"inputs" must be an object of feature -> list of values ({", ".join(keys)}).')
-        inputs = {bare_key: inputs}  # TF Serving's shorthand for a single-input model
+        inputs = {bare_key: inputs}
     columns = {key: value for key, value in inputs.items() if key not in INSTANCE_OPTIONS}
     for key, value in columns.items():
         if isinstance(value, list) and len(value) > max_instances:
