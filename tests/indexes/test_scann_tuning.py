@@ -237,3 +237,26 @@ def test_without_real_queries_a_sample_of_the_candidates_tunes_the_search(gaussi
     assert params["target_reached"] is True and params["reached_recall"] >= 0.9
     found = index(tf.constant(held_out))[1].numpy()
     assert recall_at_k(found, exact) >= 0.85  # tuned on candidate-shaped queries, checked on held-out ones
+
+
+def test_a_batch_of_one_gets_the_answer_it_gets_inside_a_larger_batch(gaussian, tmp_path):
+    """A [1, d] query takes ScaNN's single-query op (the serving call); it must answer as the batched op does."""
+    from towerkit.export import save_export
+    from towerkit.serving import load_export
+
+    candidates, tuning, held_out, _ = gaussian
+    index = towerkit.create_index("scann", k=K, target_recall=0.9, query_model=_Features())
+    index.tune_with(tuning)
+    index.index(candidates)
+    batch_scores, batch_ids = (t.numpy() for t in index({"q": tf.constant(held_out[:20])}))
+    graph_call = tf.function(lambda q: index({"q": q}), input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    save_export(index, tmp_path / "model", query_feature_keys=["q"], metadata={},
+                query_specs={"q": tf.TensorSpec([None, 32], tf.float32, name="q")})
+    exported = load_export(tmp_path / "model").signature
+    for row in range(20):
+        one = tf.constant(held_out[row : row + 1])
+        served = exported(q=one)
+        for scores, ids in (index({"q": one}), graph_call(one), (served["scores"], served["ids"])):
+            assert ids.shape == (1, K)
+            np.testing.assert_array_equal(ids.numpy()[0], batch_ids[row])
+            np.testing.assert_allclose(scores.numpy()[0], batch_scores[row], rtol=1e-5)
