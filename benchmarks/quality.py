@@ -150,7 +150,7 @@ def score_baseline(spec: Any, data: Any, split: str) -> tuple[dict[str, float], 
     tick = time.perf_counter()
     _, scorer = fit_baseline(spec, data)
     seconds = time.perf_counter() - tick
-    queries = data.interactions[data.query_id_key][split_rows(data, split)]
+    queries = data.column(data.query_id_key, split_rows(data, split))
     result = topk_from_scores(data, lambda start, stop: scorer(queries[start:stop]), KS, True, split=split)
     return figures(result), seconds
 
@@ -258,7 +258,7 @@ def recent_history_scorer(data: Any, l2: float, split: str) -> tuple[Callable[[i
     item_ids = np.unique(data.candidate_ids.astype(str))
     title_of = dict(zip(data.interactions["movie_id"].astype(np.int64).tolist(),
                         data.interactions[data.candidate_id_key].astype(str).tolist()))
-    histories = data.interactions["movie_history"][split_rows(data, split)]
+    histories = data.column("movie_history", split_rows(data, split))
     columns = [np.searchsorted(item_ids, [title_of[int(m)] for m in h[-RECENT_HISTORY:]]) for h in histories]
     lengths = [len(c) for c in columns]
     recent = sp.csr_matrix((np.ones(sum(lengths)), np.concatenate(columns) if columns else [],

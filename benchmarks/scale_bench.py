@@ -116,7 +116,7 @@ def in_memory(args) -> float:
     index = build_index(model, data, {"name": "scann", "k": 10})
     print(f"embed {len(data.candidate_ids):,} items + ScaNN build: {time.perf_counter() - start:6.1f} s   "
           f"{memory()}   {index.parameters()}")
-    user = data.interactions["user_id"][data.test_rows[:1]]
+    user = data.column("user_id", data.test_rows[:1])
     top = index({"user_id": tf.constant(user)})[1][0, :3].numpy()
     print(f"top 3 for test user {user[0]!r}: {[t.decode() for t in top]}   {memory()}")
     return PEAK_TARGET_GIB

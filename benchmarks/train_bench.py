@@ -215,7 +215,7 @@ def als_matrix(data) -> tuple[Any, np.ndarray]:
     from towerkit.evaluation import candidate_rows
 
     users, user_rows = np.unique(data.interactions[data.query_id_key], return_inverse=True)
-    items = candidate_rows(data, data.interactions[data.candidate_id_key][data.train_rows])
+    items = candidate_rows(data, data.column(data.candidate_id_key, data.train_rows))
     known = items >= 0
     train_users = user_rows[data.train_rows][known]
     matrix = sp.csr_matrix((np.ones(int(known.sum()), np.float32), (train_users, items[known])),

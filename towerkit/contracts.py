@@ -87,7 +87,7 @@ def probe_towers(query_tower: Any, candidate_tower: Any, data: Any) -> None:
     rows = np.asarray(data.train_rows)[:PROBE_ROWS]
     keys = dict.fromkeys([*query_tower.feature_keys, *candidate_tower.feature_keys])
     # to_tf_dataset turns lists (e.g. genres) into ragged columns exactly as training batches them.
-    batch = next(iter(to_tf_dataset({k: data.interactions[k][rows] for k in keys}).batch(len(rows))))
+    batch = next(iter(to_tf_dataset({k: data.column(k, rows) for k in keys}).batch(len(rows))))
     outputs = {}
     for role, tower in (("candidate", candidate_tower), ("query", query_tower)):
         try:

@@ -136,7 +136,7 @@ def _seen_matrix(data: Any) -> tuple[np.ndarray, dict[str, int]]:
     seen = np.zeros((len(users), len(data.candidate_ids)), dtype=bool)
     # A held-out cold-start query's given history (``history_rows``) is what it has seen.
     known_rows = np.concatenate([data.train_rows, getattr(data, "history_rows", np.zeros(0, dtype=np.int64))])
-    train_candidates = data.interactions[data.candidate_id_key][known_rows]
+    train_candidates = data.column(data.candidate_id_key, known_rows)
     for user, cid in zip(user_index[known_rows], train_candidates.tolist()):
         seen[user, rows_of_id.get(str(cid), [])] = True
     return seen, {str(u): i for i, u in enumerate(users)}
@@ -162,21 +162,21 @@ def ranking_masks(data: Any, exclude_train: bool, split: str = "test") -> tuple[
     always = None
     rows_of_split = split_rows(data, split)
     if getattr(data, "exclude_query_from_candidates", False):
-        query_rows = candidate_rows(data, data.interactions[data.query_id_key][rows_of_split])
+        query_rows = candidate_rows(data, data.column(data.query_id_key, rows_of_split))
         always = np.zeros((len(query_rows), len(data.candidate_ids)), dtype=bool)
         valid = query_rows >= 0
         always[np.flatnonzero(valid), query_rows[valid]] = True
     if not exclude_train:
         return always, None
     seen, query_index = _seen_matrix(data)
-    excluding = seen[[query_index[str(q)] for q in data.interactions[data.query_id_key][rows_of_split]]]
+    excluding = seen[[query_index[str(q)] for q in data.column(data.query_id_key, rows_of_split)]]
     return always, excluding if always is None else (excluding | always)
 
 
 def topk_from_scores(data: Any, score_rows: ScoreRows, ks: Sequence[int], exclude_train: bool,
                      positive_scores: Any = None, split: str = "test") -> TopK:
     """Exact top-k on the test (or validation) split of any scorer, under both protocols."""
-    rows = candidate_rows(data, data.interactions[data.candidate_id_key][split_rows(data, split)])
+    rows = candidate_rows(data, data.column(data.candidate_id_key, split_rows(data, split)))
     always, excluding = ranking_masks(data, exclude_train, split)
     # About 64M scores per chunk: 4,096 examples at MovieLens size, fewer over a large catalogue (a
     # scorer may hand back float64, and the comparisons add as much again).
@@ -205,9 +205,9 @@ def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude
     """
     rows = split_rows(data, split)
     data.check_features([*model.query_tower.feature_keys, *model.candidate_tower.feature_keys], "the model")
-    queries = embed(model.query_tower, {k: data.interactions[k][rows] for k in model.query_tower.feature_keys},
+    queries = embed(model.query_tower, {k: data.column(k, rows) for k in model.query_tower.feature_keys},
                     batch_size)
-    positives = embed(model.candidate_tower, {k: data.interactions[k][rows] for k in model.candidate_tower.feature_keys},
+    positives = embed(model.candidate_tower, {k: data.column(k, rows) for k in model.candidate_tower.feature_keys},
                       batch_size)
     candidates = embed_candidates(model.candidate_tower, data, batch_size)
     # Used only where a test positive is not in the candidate set.
@@ -221,7 +221,7 @@ def evaluate_topk(model: Any, data: Any, ks: Sequence[int] = DEFAULT_KS, exclude
 
 def train_counts(data: Any) -> np.ndarray:
     """How often each candidate occurs in the training interactions, in candidate order."""
-    unique, counts = np.unique(data.interactions[data.candidate_id_key][data.train_rows], return_counts=True)
+    unique, counts = np.unique(data.column(data.candidate_id_key, data.train_rows), return_counts=True)
     count_of = dict(zip(unique.tolist(), counts.tolist()))
     return np.array([count_of.get(c, 0) for c in data.candidate_ids.tolist()], dtype=np.float64)
 
@@ -239,14 +239,14 @@ def cooccurrence_topk(data: Any, ks: Sequence[int] = DEFAULT_KS, exclude_train: 
     it to the query item, with popularity (scaled below 1) breaking ties.
     """
     num = len(data.candidate_ids)
-    query_rows = candidate_rows(data, data.interactions[data.query_id_key][data.train_rows])
-    paired_rows = candidate_rows(data, data.interactions[data.candidate_id_key][data.train_rows])
+    query_rows = candidate_rows(data, data.column(data.query_id_key, data.train_rows))
+    paired_rows = candidate_rows(data, data.column(data.candidate_id_key, data.train_rows))
     valid = (query_rows >= 0) & (paired_rows >= 0)
     pairs = np.zeros((num, num), dtype=np.float64)
     np.add.at(pairs, (query_rows[valid], paired_rows[valid]), 1.0)
     counts = train_counts(data)
     tie_break = counts / (counts.max() + 1.0)
-    test_queries = candidate_rows(data, data.interactions[data.query_id_key][data.test_rows])
+    test_queries = candidate_rows(data, data.column(data.query_id_key, data.test_rows))
 
     def score_rows(start: int, stop: int) -> np.ndarray:
         rows = test_queries[start:stop]
@@ -268,7 +268,7 @@ def evaluate_all(model: Any, data: Any, ks: Sequence[int], exclude_train: bool, 
     or ``{"name": ..., **options}``; None or empty runs the dataset's own (``data.baselines``).
     """
     results = {"model": evaluate_topk(model, data, ks, exclude_train, batch_size, split)}
-    queries = data.interactions[data.query_id_key][split_rows(data, split)]
+    queries = data.column(data.query_id_key, split_rows(data, split))
     for spec in baselines or getattr(data, "baselines", ("popularity",)):
         label, scorer = fit_baseline(spec, data)
         results[label] = topk_from_scores(data, lambda start, stop: scorer(queries[start:stop]), ks, exclude_train,
@@ -295,7 +295,7 @@ def sample_test_queries(data: Any, max_queries: int, seed: int = 42) -> Any:
                           "leave it out to evaluate every test query.")
     if callable(getattr(data, "sample_test_queries", None)) and not getattr(data, "sample_read", False):
         return data.sample_test_queries(max_queries, seed)
-    queries = data.interactions[data.query_id_key][data.test_rows]
+    queries = data.column(data.query_id_key, data.test_rows)
     distinct = np.unique(queries)
     chosen = distinct
     if max_queries < len(distinct):

@@ -156,8 +156,8 @@ def query_specs(data: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 def serving_files(data: Any, model: Any) -> dict[str, bytes]:
     """What `recommend` needs beside the model: known query ids and each one's training items."""
-    queries = data.interactions[data.query_id_key][data.train_rows].tolist()
-    candidates = data.interactions[data.candidate_id_key][data.train_rows].tolist()
+    queries = data.column(data.query_id_key, data.train_rows).tolist()
+    candidates = data.column(data.candidate_id_key, data.train_rows).tolist()
     seen: dict[str, list[str]] = {}
     for query, candidate in zip(queries, candidates):
         seen.setdefault(str(query), []).append(str(candidate))
@@ -209,7 +209,7 @@ def example_query_features(data: Any, keys: Sequence[str], query_id: str) -> dic
     if not len(rows) and list(keys) == [data.query_id_key]:
         return {key: [query_id] for key in keys}
     row = rows[0] if len(rows) else data.train_rows[0]
-    return {key: [data.interactions[key][row]] for key in keys}
+    return {key: [data.column(key, row)] for key in keys}
 
 
 def export_model(index: Any, target: str | os.PathLike, config: Mapping[str, Any], model: Any, data: Any,

@@ -248,7 +248,7 @@ def build_index(model: Any, data: Any, section: Mapping[str, Any]) -> Any:
     index = get_registry("indexes").create(section["name"], query_model=model.query_tower, **options)
     if getattr(index, "wants_tuning_queries", False):
         # An index tuned to a recall target (scann's target_recall) measures it on the training queries.
-        index.tune_with({key: data.interactions[key][data.train_rows] for key in model.query_tower.feature_keys})
+        index.tune_with({key: data.column(key, data.train_rows) for key in model.query_tower.feature_keys})
     embeddings = embed_candidates(model.candidate_tower, data)
     index.index(embeddings, identifiers=tf.constant(data.candidate_ids.astype(str)))
     return index

@@ -258,10 +258,10 @@ def read_history(path: Any) -> dict[str, list[float]]:
 
 def _examples(ctx: RunContext, count: int = 3) -> dict[str, list[str]]:
     """Top 5 for the example query and a few test queries, for report.md."""
-    if len(ctx.query_keys) != 1 or ctx.data.interactions[ctx.query_keys[0]].dtype == object:
+    if len(ctx.query_keys) != 1 or ctx.data.column(ctx.query_keys[0], ctx.data.test_rows[:1]).dtype == object:
         return {}  # several features, or a list-valued one (a history): no single id to show
     key, first = ctx.query_keys[0], ctx.config["export"]["example_query"]
-    test_queries = dict.fromkeys(ctx.data.interactions[key][ctx.data.test_rows].tolist())
+    test_queries = dict.fromkeys(ctx.data.column(key, ctx.data.test_rows).tolist())
     queries = [first] + [q for q in test_queries if q != first][: count - 1]
     _, ids = ctx.index({key: tf.constant(queries)})
     return {f"{key} {q}": _top_ids(row, None, q, 5) for q, row in zip(queries, ids.numpy())}

@@ -130,3 +130,21 @@ def test_streamed_vocabularies_cover_every_id_and_a_model_trains():
     history = model.fit(data.train_stream(model.feature_keys, 1024, shuffle_buffer=8192, seed=0), epochs=2,
                         verbose=0).history
     assert history["loss"][1] < history["loss"][0]
+
+
+def test_column_gathers_only_the_rows_asked_for():
+    """data.column(key, rows) reads a coded column's rows without materialising the whole column first."""
+    import tracemalloc
+
+    data = towerkit.load_dataset("synthetic", num_users=50_000, num_items=5_000, num_interactions=200_000,
+                                 genres=False)
+    rows = data.test_rows[:3]
+    whole = data.interactions["user_id"]
+    assert data.column("user_id", rows).tolist() == whole[rows].tolist()
+    assert data.column("timestamp", rows).tolist() == data.interactions["timestamp"][rows].tolist()
+    assert data.column("user_id").tolist() == whole.tolist()
+    tracemalloc.start()
+    data.column("user_id", rows)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < whole.nbytes / 20, (peak, whole.nbytes)

@@ -34,8 +34,8 @@ class Cooccurrence:
         item_ids, item_of_candidate = np.unique(data.candidate_ids.astype(str), return_inverse=True)
         column = {item: i for i, item in enumerate(item_ids.tolist())}
         rows = data.train_rows
-        queries = [column.get(str(q), -1) for q in data.interactions[data.query_id_key][rows].tolist()]
-        paired = [column.get(str(c), -1) for c in data.interactions[data.candidate_id_key][rows].tolist()]
+        queries = [column.get(str(q), -1) for q in data.column(data.query_id_key, rows).tolist()]
+        paired = [column.get(str(c), -1) for c in data.column(data.candidate_id_key, rows).tolist()]
         queries, paired = np.array(queries, dtype=np.int64), np.array(paired, dtype=np.int64)
         valid = (queries >= 0) & (paired >= 0)
         pairs = np.zeros((len(item_ids), len(item_ids)), dtype=np.float64)

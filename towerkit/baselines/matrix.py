@@ -64,8 +64,8 @@ class TrainMatrix:
 
 def _binary_matrix(data: object, rows: np.ndarray, item_ids: np.ndarray) -> tuple[sp.csr_matrix, dict[str, int]]:
     """The queries of ``rows`` x ``item_ids``, counting each interaction (items outside ``item_ids`` dropped)."""
-    queries = data.interactions[data.query_id_key][rows].astype(str)
-    candidates = data.interactions[data.candidate_id_key][rows].astype(str)
+    queries = data.column(data.query_id_key, rows).astype(str)
+    candidates = data.column(data.candidate_id_key, rows).astype(str)
     items = np.minimum(np.searchsorted(item_ids, candidates), len(item_ids) - 1)
     known = item_ids[items] == candidates
     query_ids, query_rows = np.unique(queries, return_inverse=True)

@@ -252,6 +252,25 @@ class RetrievalDataset:
                                 {k: v for k, v in self.interactions.plain.items() if k in keys})
         return {k: self.interactions[k] for k in keys}
 
+    def column(self, key: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """One interaction column, or only ``rows`` of it (a coded column gathers just those rows).
+
+        ``data.column(key, rows)`` is ``data.column(key, rows)`` without materialising a
+        coded column whole first (440 MB for 10M string ids of 11 characters).
+
+        Args:
+            key: The feature key.
+            rows: Row indices into the interactions; None for every row.
+
+        Example:
+            >>> test_users = data.column("user_id", data.test_rows)
+        """
+        if rows is None:
+            return self.interactions[key]
+        if isinstance(self.interactions, CodedColumns):
+            return self.interactions.take(key, rows)
+        return self.interactions[key][rows]
+
     def check_features(self, keys: Iterable[str], who: str) -> None:
         """Raises FeatureError naming any key the interactions lack."""
         missing = [k for k in keys if k not in self.interactions]
@@ -303,7 +322,7 @@ class RetrievalDataset:
 
     def candidate_train_frequencies(self) -> dict[str, float]:
         """Each candidate id's share of the training interactions."""
-        ids = self.interactions[self.candidate_id_key][self.train_rows]
+        ids = self.column(self.candidate_id_key, self.train_rows)
         unique, counts = np.unique(ids, return_counts=True)
         total = counts.sum()
         return {str(u): c / total for u, c in zip(unique, counts)}

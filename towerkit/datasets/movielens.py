@@ -269,7 +269,7 @@ class MovieLens100K(RetrievalDataset):
         """The validation rows (carved from train) as column arrays."""
         keys = list(self.interactions) if keys is None else list(dict.fromkeys(keys))
         self.check_features(keys, "the request")
-        return {k: self.interactions[k][self.validation_rows] for k in keys}
+        return {k: self.column(k, self.validation_rows) for k in keys}
 
     def current_query_features(self, keys) -> dict[str, dict[str, Any]]:
         """Each training user's query features as of the end of training, for serving by user id alone.
@@ -284,9 +284,9 @@ class MovieLens100K(RetrievalDataset):
         if "movie_history" not in keys or not self.history_length:
             return {}
         rows = self.train_rows
-        users = self.interactions["user_id"][rows]
-        order = np.lexsort((rows, self.interactions["timestamp"][rows], users))
-        users, movies = users[order], self.interactions["movie_id"][rows][order].astype(np.int64)
+        users = self.column("user_id", rows)
+        order = np.lexsort((rows, self.column("timestamp", rows), users))
+        users, movies = users[order], self.column("movie_id", rows)[order].astype(np.int64)
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
         stops = np.r_[starts[1:], len(users)]
         histories = {str(users[start]): movies[max(start, stop - self.history_length):stop].tolist()
