@@ -260,3 +260,24 @@ def test_a_batch_of_one_gets_the_answer_it_gets_inside_a_larger_batch(gaussian, 
             assert ids.shape == (1, K)
             np.testing.assert_array_equal(ids.numpy()[0], batch_ids[row])
             np.testing.assert_allclose(scores.numpy()[0], batch_scores[row], rtol=1e-5)
+
+
+def test_tuning_builds_both_block_sizes_and_keeps_the_faster(gaussian):
+    """Without dimensions_per_block, tuning builds blocks of 2 and of 1, times each one's choice, keeps the faster."""
+    candidates, tuning, held_out, exact = gaussian
+    index = _tuned(candidates, tuning, 0.9)
+    params = index.parameters()
+    timings = params["block_size_latency_ms"]
+    assert set(timings) == {"1", "2"} and all(value > 0 for value in timings.values())
+    assert params["dimensions_per_block"] == int(min(timings, key=timings.get))
+    assert recall_at_k(index(tf.constant(held_out))[1].numpy(), exact) >= 0.85
+
+
+def test_a_given_block_size_is_the_only_one_tuned(gaussian):
+    candidates, tuning, _, _ = gaussian
+    index = towerkit.create_index("scann", k=K, target_recall=0.9, dimensions_per_block=1)
+    index.tune_with(tuning)
+    index.index(candidates)
+    params = index.parameters()
+    assert params["dimensions_per_block"] == 1 and "block_size_latency_ms" not in params
+    assert params["target_reached"] is True

@@ -208,8 +208,14 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
 def time_settings(latency: Callable[[int, int], float], pairs: list[tuple[int, int]],
                   rounds: int = LATENCY_ROUNDS) -> dict[tuple[int, int], float]:
     """Median over ``rounds`` interleaved rounds (order reversed every other round) of each pair's latency."""
-    times: dict[tuple[int, int], list[float]] = {pair: [] for pair in pairs}
+    return median_times({pair: (lambda pair=pair: latency(*pair)) for pair in pairs}, rounds)
+
+
+def median_times(calls: Mapping[Any, Callable[[], float]], rounds: int = LATENCY_ROUNDS) -> dict[Any, float]:
+    """Median over ``rounds`` interleaved rounds (order reversed every other round) of the seconds each call returns."""
+    keys = list(calls)
+    times: dict[Any, list[float]] = {key: [] for key in keys}
     for round_number in range(rounds):
-        for pair in pairs if round_number % 2 == 0 else reversed(pairs):
-            times[pair].append(latency(*pair))
-    return {pair: float(np.median(values)) for pair, values in times.items()}
+        for key in keys if round_number % 2 == 0 else reversed(keys):
+            times[key].append(calls[key]())
+    return {key: float(np.median(values)) for key, values in times.items()}

@@ -20,6 +20,11 @@ from towerkit.towers.base import check_positive_int
 BRUTE_FORCE_BELOW = 20_000
 # Tuning queries timed one at a time per candidate setting and round.
 LATENCY_QUERIES = 100
+# Block sizes that tuning to a target recall builds and times when dimensions_per_block is not given:
+# ScaNN's usual 2 (cheaper approximate scores) and 1 (finer ones, so fewer exact rescorings). Which is
+# faster at the target depends on the data: at recall 0.99 on the tutorial's 1.68M scaled copies, 1 was
+# about 1.4x faster; at 0.95 on 1M gaussian vectors, 2 was about 1.2x faster (benchmarks/index_bench.py).
+TUNED_BLOCK_SIZES = (2, 1)
 
 
 def default_parameters(num_candidates: int) -> dict[str, Any]:
@@ -167,10 +172,12 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
             chosen["num_leaves_to_search"] = min(chosen["num_leaves_to_search"], chosen["num_leaves"])
         return chosen
 
-    def _make_searcher(self, candidates):
+    def _make_searcher(self, candidates, dimensions_per_block: int | None = None):
         from scann.scann_ops.py import scann_ops
 
-        chosen = self._chosen
+        chosen = dict(self._chosen)
+        if dimensions_per_block is not None:
+            chosen["dimensions_per_block"] = dimensions_per_block
         builder = scann_ops.builder(db=candidates, num_neighbors=self._k, distance_measure="dot_product")
         if chosen["brute_force"]:
             builder = builder.score_brute_force()
@@ -204,16 +211,45 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         return result
 
     def _tune(self, candidates: np.ndarray) -> None:
-        from scann.scann_ops.py import scann_ops
-
-        from towerkit.indexes.recall_tuning import choose_search, exact_top_k, sample_queries
+        """Tunes the search for each block size tried, then keeps the fastest that reaches the target."""
+        from towerkit.indexes.recall_tuning import exact_top_k, median_times, sample_queries
 
         queries = self._tuning_queries
         if queries is None:  # no real queries given: a sample of the candidates stands in
             queries = sample_queries(candidates, None, self._tuning_sample)
         self._tuning_queries = None
         exact = exact_top_k(queries, candidates, self._k)
-        searcher = scann_ops.searcher_from_module(self._serialized_searcher)
+        built = self._chosen["dimensions_per_block"]
+        sizes = (built,) if self._requested["dimensions_per_block"] is not None else TUNED_BLOCK_SIZES
+        tuned = {}
+        for size in sizes:
+            module = (self._serialized_searcher if size == built
+                      else self._make_searcher(candidates, size).serialize_to_module())
+            tuned[size] = (module, *self._tune_searcher(module, queries, exact))
+        times = {built: 0.0}
+        if len(tuned) > 1:  # each size's choice timed in the same interleaved rounds
+            times = median_times({size: (lambda timer=timer, choice=choice: timer(
+                choice["num_leaves_to_search"], choice["num_reordering_candidates"]))
+                for size, (_, choice, timer) in tuned.items()})
+        size = min(tuned, key=lambda size: (not tuned[size][1]["target_reached"], times[size]))
+        module, choice, _ = tuned[size]
+        if module is not self._serialized_searcher:
+            self._serialized_searcher = module
+            self._reset_tf_function_cache()
+        self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
+                                  "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
+        self._chosen.update(choice, dimensions_per_block=size, target_recall=self._target_recall,
+                            tuning_queries=len(queries))
+        if len(tuned) > 1:
+            self._chosen["block_size_latency_ms"] = {str(key): round(value * 1e3, 4) for key, value in times.items()}
+
+    def _tune_searcher(self, module: Any, queries: np.ndarray, exact: np.ndarray) -> tuple[dict[str, Any], Any]:
+        """(The cheapest search reaching the target for one built searcher, its single-query timer)."""
+        from scann.scann_ops.py import scann_ops
+
+        from towerkit.indexes.recall_tuning import choose_search
+
+        searcher = scann_ops.searcher_from_module(module)
         query_tensor = tf.constant(queries)
 
         def found(leaves: int, reorder: int) -> np.ndarray:
@@ -221,11 +257,10 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
                                                       pre_reorder_num_neighbors=reorder, leaves_to_search=leaves)
             return result.indices.numpy()
 
-        choice = choose_search(found, exact, self._target_recall, self._chosen["num_leaves"], self.num_candidates, self._k,
-                               latency=self._latency_timer(searcher, queries))
-        self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
-                                  "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
-        self._chosen.update(choice, target_recall=self._target_recall, tuning_queries=len(queries))
+        timer = self._latency_timer(searcher, queries)
+        choice = choose_search(found, exact, self._target_recall, self._chosen["num_leaves"], self.num_candidates,
+                               self._k, latency=timer)
+        return choice, timer
 
     def _latency_timer(self, searcher: Any, queries: np.ndarray):
         """Times single-query searches of a setting: the median over up to LATENCY_QUERIES tuning queries."""
