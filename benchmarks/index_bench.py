@@ -194,8 +194,8 @@ def bench(report: benchlib.Report, name: str, candidates: np.ndarray, queries: n
                f"tuned ScaNN {cell(tuned_ratio, 1.0, 1)}x")
     report.say(f"default ScaNN: {chosen(default[0]['parameters'], ('num_leaves', 'num_leaves_to_search'))}")
     for run, row in enumerate(tuned, 1):
-        keys = ("num_leaves", "num_leaves_to_search", "num_reordering_candidates", "reached_recall",
-                "recall_lower_bound", "target_reached", "tuned_latency_ms")
+        keys = ("num_leaves", "dimensions_per_block", "num_leaves_to_search", "num_reordering_candidates",
+                "reached_recall", "recall_lower_bound", "target_reached", "tuned_latency_ms", "block_size_latency_ms")
         report.say(f"tuned ScaNN, run {run}: {chosen(row['parameters'], keys)}")
     median = lambda values: statistics.median(values)  # noqa: E731
     return {"scann_recall": median([r["recall"] for r in default]), "latency_ratio": median(default_ratio),
