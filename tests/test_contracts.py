@@ -291,6 +291,18 @@ def test_dataset_without_the_attributes_is_told_to_subclass():
         check_dataset_contract(Bare())
 
 
+def test_a_look_alike_dataset_that_does_not_subclass_is_told_to():
+    """Every attribute of the contract but not a RetrievalDataset: towerkit reads rows with column(), so it is refused."""
+    import types
+
+    real = LogsDataset()
+    look_alike = types.SimpleNamespace(name="logs", **{key: getattr(real, key) for key in (
+        "interactions", "candidate_features", "train_rows", "test_rows", "query_id_key", "candidate_id_key")})
+    with pytest.raises(ContractError, match="dataset 'logs' has no column\\(\\) method.*subclass towerkit.RetrievalDataset"):
+        check_dataset_contract(look_alike)
+    check_dataset_contract(real)
+
+
 # The kit as a pytest plugin -------------------------------------------------------------------------
 def test_kit_imports_neither_tensorflow_nor_needs_pytest():
     code = ("import sys\nsys.modules['pytest'] = None  # as if pytest were not installed\n"

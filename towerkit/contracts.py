@@ -127,6 +127,9 @@ def dataset_problems(dataset: Any) -> list[str]:
         if not hasattr(dataset, attribute):
             problems.append(f"dataset '{name}' has no attribute '{attribute}'; subclass towerkit.RetrievalDataset "
                             "and set it (see docs/plugins.md, 'The dataset contract').")
+    if not callable(getattr(dataset, "column", None)):
+        problems.append(f"dataset '{name}' has no column() method, which towerkit reads interaction rows with; "
+                        "subclass towerkit.RetrievalDataset (see docs/plugins.md, 'The dataset contract').")
     if problems:
         return problems
     problems += _table_problems(name, "interactions", dataset.interactions)

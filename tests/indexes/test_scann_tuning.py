@@ -269,8 +269,24 @@ def test_tuning_builds_both_block_sizes_and_keeps_the_faster(gaussian):
     params = index.parameters()
     timings = params["block_size_latency_ms"]
     assert set(timings) == {"1", "2"} and all(value > 0 for value in timings.values())
-    assert params["dimensions_per_block"] == int(min(timings, key=timings.get))
+    assert params["target_reached"] is True
+    assert params["dimensions_per_block"] in (1, 2)
+    # The searcher kept is the one recorded: its codes have one column per block (TFRS keeps it as variables).
+    assert index._serialized_searcher.hashed_dataset.shape[1] == 32 // params["dimensions_per_block"]
     assert recall_at_k(index(tf.constant(held_out))[1].numpy(), exact) >= 0.85
+
+
+@pytest.mark.parametrize("choices, times, expected", [
+    ({1: (True, 0.991), 2: (True, 0.995)}, {1: 0.2, 2: 0.3}, 1),     # both reach: the faster
+    ({1: (False, 0.985), 2: (True, 0.991)}, {1: 0.1, 2: 0.3}, 2),    # only one reaches: it, however slow
+    ({1: (False, 0.950), 2: (False, 0.985)}, {1: 0.1, 2: 0.3}, 2),   # neither: the faster one serves worse
+    ({1: (False, 0.984), 2: (False, 0.985)}, {1: 0.1, 2: 0.3}, 1),   # neither, bounds within the tolerance
+])
+def test_fastest_choice_prefers_reaching_then_a_bound_as_good_as_the_best(choices, times, expected):
+    from towerkit.indexes.recall_tuning import fastest_choice
+
+    made = {key: {"target_reached": reached, "recall_lower_bound": bound} for key, (reached, bound) in choices.items()}
+    assert fastest_choice(made, times) == expected
 
 
 def test_a_given_block_size_is_the_only_one_tuned(gaussian):

@@ -205,6 +205,19 @@ def choose_search(found: Callable[[int, int], np.ndarray], exact: np.ndarray, ta
     return choice
 
 
+def fastest_choice(choices: Mapping[Any, Mapping[str, Any]], times: Mapping[Any, float]) -> Any:
+    """The key of the fastest choice (as :func:`choose_search` returns them) that reaches its target.
+
+    When none does, only the choices whose recall bound is within ``PLATEAU_TOLERANCE`` of the
+    best bound compete on time: a faster search that serves the queries worse is not kept.
+    """
+    reached = [key for key, choice in choices.items() if choice["target_reached"]]
+    if not reached:
+        best = max(choice["recall_lower_bound"] for choice in choices.values())
+        reached = [key for key, choice in choices.items() if choice["recall_lower_bound"] >= best - PLATEAU_TOLERANCE]
+    return min(reached, key=lambda key: times[key])
+
+
 def time_settings(latency: Callable[[int, int], float], pairs: list[tuple[int, int]],
                   rounds: int = LATENCY_ROUNDS) -> dict[tuple[int, int], float]:
     """Median over ``rounds`` interleaved rounds (order reversed every other round) of each pair's latency."""

@@ -80,6 +80,16 @@ class _SerializeOnce:
         return scann_ops.ScannState(tensors)
 
 
+class _Built:
+    """A searcher already serialized (by tuning), handed to TFRS's ``index`` as its build result."""
+
+    def __init__(self, module: Any):
+        self._module = module
+
+    def serialize_to_module(self) -> Any:
+        return self._module
+
+
 class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
     """ScaNN index whose unset parameters follow ScaNN's guidance for the candidate count.
 
@@ -194,54 +204,53 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
     def _prepare(self) -> None:
         self._chosen = self._choose(self.num_candidates)
         self._search_overrides = {}
+        self._build_searcher = self._make_searcher
         if self._target_recall is not None and not self._chosen["brute_force"]:
-            # Build once with the most generous search; tuning then narrows it at search time.
+            # Built with the most generous search; tuning then narrows it at search time.
             self._chosen["num_leaves_to_search"] = self._chosen["num_leaves"]
             self._chosen["num_reordering_candidates"] = max(REORDER_GRID[-1], self._k)
-        self._build_searcher = self._make_searcher
+            self._build_searcher = self._build_tuned
 
     def index(self, candidates, identifiers=None):
-        """Indexes the candidates; with a target recall, then tunes the search to reach it."""
+        """Indexes the candidates; with a target recall, the search is tuned to reach it while building."""
         result = super().index(candidates, identifiers)
-        if self._target_recall is not None:
-            if self._chosen["brute_force"]:
-                self._chosen.update(target_recall=self._target_recall, reached_recall=1.0)
-            else:
-                self._tune(tf.convert_to_tensor(candidates, tf.float32).numpy())
+        if self._target_recall is not None and self._chosen["brute_force"]:
+            self._chosen.update(target_recall=self._target_recall, reached_recall=1.0)
         return result
 
-    def _tune(self, candidates: np.ndarray) -> None:
-        """Tunes the search for each block size tried, then keeps the fastest that reaches the target."""
-        from towerkit.indexes.recall_tuning import exact_top_k, median_times, sample_queries
+    def _build_tuned(self, candidates) -> "_Built":
+        """Builds a searcher per block size tried, tunes each to the target and returns the one to keep.
 
+        Only the kept searcher is handed to TFRS (which stores it as the layer's variables), so
+        the others are freed once tuning returns.
+        """
+        from towerkit.indexes.recall_tuning import exact_top_k, fastest_choice, median_times, sample_queries
+
+        candidates = tf.convert_to_tensor(candidates, tf.float32).numpy()
         queries = self._tuning_queries
         if queries is None:  # no real queries given: a sample of the candidates stands in
             queries = sample_queries(candidates, None, self._tuning_sample)
         self._tuning_queries = None
         exact = exact_top_k(queries, candidates, self._k)
-        built = self._chosen["dimensions_per_block"]
-        sizes = (built,) if self._requested["dimensions_per_block"] is not None else TUNED_BLOCK_SIZES
+        requested = self._requested["dimensions_per_block"]
         tuned = {}
-        for size in sizes:
-            module = (self._serialized_searcher if size == built
-                      else self._make_searcher(candidates, size).serialize_to_module())
+        for size in (requested,) if requested is not None else TUNED_BLOCK_SIZES:
+            module = self._make_searcher(candidates, size).serialize_to_module()
             tuned[size] = (module, *self._tune_searcher(module, queries, exact))
-        times = {built: 0.0}
+        times = {size: 0.0 for size in tuned}
         if len(tuned) > 1:  # each size's choice timed in the same interleaved rounds
             times = median_times({size: (lambda timer=timer, choice=choice: timer(
                 choice["num_leaves_to_search"], choice["num_reordering_candidates"]))
                 for size, (_, choice, timer) in tuned.items()})
-        size = min(tuned, key=lambda size: (not tuned[size][1]["target_reached"], times[size]))
+        size = fastest_choice({size: choice for size, (_, choice, _) in tuned.items()}, times)
         module, choice, _ = tuned[size]
-        if module is not self._serialized_searcher:
-            self._serialized_searcher = module
-            self._reset_tf_function_cache()
         self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
                                   "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
         self._chosen.update(choice, dimensions_per_block=size, target_recall=self._target_recall,
                             tuning_queries=len(queries))
         if len(tuned) > 1:
             self._chosen["block_size_latency_ms"] = {str(key): round(value * 1e3, 4) for key, value in times.items()}
+        return _Built(module)
 
     def _tune_searcher(self, module: Any, queries: np.ndarray, exact: np.ndarray) -> tuple[dict[str, Any], Any]:
         """(The cheapest search reaching the target for one built searcher, its single-query timer)."""
