@@ -84,10 +84,13 @@ def seed_split(num_examples: int, train_fraction: float = 0.8, seed: int = 42) -
     return order[:num_train], order[num_train:]
 
 
+def take_rows(columns: Mapping[str, np.ndarray], key: str, rows: Any) -> np.ndarray:
+    """``columns[key][rows]``, gathering only those rows of a coded column (see :class:`CodedColumns`)."""
+    return columns.take(key, rows) if isinstance(columns, CodedColumns) else columns[key][rows]
+
+
 def _slice(features: Mapping[str, np.ndarray], rows: np.ndarray) -> Features:
-    if isinstance(features, CodedColumns):
-        return {k: features.take(k, rows) for k in features}
-    return {k: v[rows] for k, v in features.items()}
+    return {k: take_rows(features, k, rows) for k in features}
 
 
 def _ascii_bytes(values: np.ndarray) -> np.ndarray:
@@ -265,11 +268,7 @@ class RetrievalDataset:
         Example:
             >>> test_users = data.column("user_id", data.test_rows)
         """
-        if rows is None:
-            return self.interactions[key]
-        if isinstance(self.interactions, CodedColumns):
-            return self.interactions.take(key, rows)
-        return self.interactions[key][rows]
+        return self.interactions[key] if rows is None else take_rows(self.interactions, key, rows)
 
     def check_features(self, keys: Iterable[str], who: str) -> None:
         """Raises FeatureError naming any key the interactions lack."""

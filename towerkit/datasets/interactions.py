@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from towerkit.datasets import tabular
-from towerkit.datasets.base import CodedColumns, Features, RetrievalDataset, coded_batches, seed_split
+from towerkit.datasets.base import CodedColumns, Features, RetrievalDataset, coded_batches, seed_split, take_rows
 from towerkit.errors import ConfigError, DataError
 
 SPLITS = ("random", "temporal", "leave-last")
@@ -256,7 +256,7 @@ class InteractionsDataset(RetrievalDataset):
     def validation_features(self, keys: Sequence[str] | None = None) -> Features:
         """The validation rows (carved from train) as column arrays."""
         columns = self._columns(keys)
-        return {k: _take(columns, k, self.validation_rows) for k in columns}
+        return {k: take_rows(columns, k, self.validation_rows) for k in columns}
 
     def train_stream(self, keys: Sequence[str], batch_size: int, *, shuffle_buffer: int, seed: int,
                      input_context: Any = None) -> Any:
@@ -337,11 +337,6 @@ class InteractionsDataset(RetrievalDataset):
         info["validation"] = int(len(self.validation_rows))
         info["split"] = self.split
         return info
-
-
-def _take(columns: Mapping[str, np.ndarray], key: str, rows: np.ndarray) -> np.ndarray:
-    """``columns[key][rows]``, gathering only those rows of a coded column."""
-    return columns.take(key, rows) if isinstance(columns, CodedColumns) else columns[key][rows]
 
 
 def _id_option(option: str) -> str:

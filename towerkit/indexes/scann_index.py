@@ -237,19 +237,18 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         for size in (requested,) if requested is not None else TUNED_BLOCK_SIZES:
             module = self._make_searcher(candidates, size).serialize_to_module()
             tuned[size] = (module, *self._tune_searcher(module, queries, exact))
-        times = {size: 0.0 for size in tuned}
+        times, record = {size: 0.0 for size in tuned}, {}
         if len(tuned) > 1:  # each size's choice timed in the same interleaved rounds
             times = median_times({size: (lambda timer=timer, choice=choice: timer(
                 choice["num_leaves_to_search"], choice["num_reordering_candidates"]))
                 for size, (_, choice, timer) in tuned.items()})
+            record["block_size_latency_ms"] = {str(key): round(value * 1e3, 4) for key, value in times.items()}
         size = fastest_choice({size: choice for size, (_, choice, _) in tuned.items()}, times)
         module, choice, _ = tuned[size]
         self._search_overrides = {"leaves_to_search": choice["num_leaves_to_search"],
                                   "pre_reorder_num_neighbors": choice["num_reordering_candidates"]}
         self._chosen.update(choice, dimensions_per_block=size, target_recall=self._target_recall,
-                            tuning_queries=len(queries))
-        if len(tuned) > 1:
-            self._chosen["block_size_latency_ms"] = {str(key): round(value * 1e3, 4) for key, value in times.items()}
+                            tuning_queries=len(queries), **record)
         return _Built(module)
 
     def _tune_searcher(self, module: Any, queries: np.ndarray, exact: np.ndarray) -> tuple[dict[str, Any], Any]:
