@@ -22,8 +22,9 @@ BRUTE_FORCE_BELOW = 20_000
 LATENCY_QUERIES = 100
 # Block sizes that tuning to a target recall builds and times when dimensions_per_block is not given:
 # ScaNN's usual 2 (cheaper approximate scores) and 1 (finer ones, so fewer exact rescorings). Which is
-# faster at the target depends on the data: at recall 0.99 on the tutorial's 1.68M scaled copies, 1 was
-# about 1.4x faster; at 0.95 on 1M gaussian vectors, 2 was about 1.2x faster (benchmarks/index_bench.py).
+# faster at the target depends on the data: at recall 0.99 on the tutorial's 1.68M scaled copies blocks of 1
+# won every run, at 0.95 on 1M gaussian vectors blocks of 2 did (block_size_latency_ms in
+# benchmarks/results/index_bench.txt).
 TUNED_BLOCK_SIZES = (2, 1)
 
 
@@ -310,8 +311,8 @@ class ScannIndex(ValidatedIndex, tfrs.layers.factorized_top_k.ScaNN):
         elif queries.shape[0] == 1:
             distances, indices = first_as_batch()
         elif queries.shape[0] is None:
-            # A batch of one is the common serving call; ScaNN's batched op costs about 0.2 ms more
-            # for it than its single-query op (benchmarks/index_bench.py), so route it there.
+            # A batch of one is the common serving call; ScaNN's batched op cost about 0.2 ms more for
+            # it than its single-query op (a one-off sweep on the tutorial candidates), so route it there.
             distances, indices = tf.cond(tf.equal(tf.shape(queries)[0], 1), first_as_batch, many)
         else:
             distances, indices = many()
