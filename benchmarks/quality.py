@@ -9,7 +9,8 @@ evaluated once per system and seed, at the end:
 
 * EASE's l2 (7 values; 9 for cold-start), ALS's factors/regularization/alpha (36; 60 for
   cold-start), and the two-tower variant (recipe changes plus the epoch count, by early stopping) are picked by their
-  mean validation figure (top-10 and top-100, with and without seen items);
+  mean validation figure (top-10 and top-100, with and without seen items); in ``cold-start``, whose target is
+  top-10 alone, every system is picked (and the tower stopped early) by validation top-10 instead;
 * the picked setting is then fitted again on all of train (validation rows
   included) and tested once.
 
@@ -100,6 +101,10 @@ COLD_START_FIRST_VARIANTS = {
     "mean-5/lr0.03/dim64": [*MEAN_5, "optimizer.learning_rate=0.03", "query_tower.embedding_dim=64",
                             "candidate_tower.embedding_dim=64"],
     "mean-5/temperature2": [*MEAN_5, "task.temperature=2.0"],
+    # EASE's zero diagonal, for two towers (towerkit.tasks.self_score): on validation about an eighth of mean-5's
+    # top-10 were the given movies themselves, which are never targets.
+    "mean-5/lr0.05/self-score0.3": [*MEAN_5, "optimizer.learning_rate=0.05", "model.self_score_penalty=0.3"],
+    "mean-5/lr0.05/self-score1": [*MEAN_5, "optimizer.learning_rate=0.05", "model.self_score_penalty=1.0"],
 }
 COLD_START_USERS = 0.1  # share of users held out for test (and the same share for validation)
 COLD_START_HISTORY = 5  # first k ratings given to each held-out user
@@ -121,6 +126,16 @@ def figures(result: Any) -> dict[str, float]:
 def mean_figure(row: dict[str, float]) -> float:
     """The one number a setting is picked by (on validation only)."""
     return statistics.mean(row[f] for f in FIGURES)
+
+
+def top_10_figure(row: dict[str, float]) -> float:
+    """Cold start's pick: its target is top-10 alone."""
+    return row["top_10"]
+
+
+# What each protocol picks settings by, on validation: the figures its target names.
+PICK_BY = {"random": mean_figure, "leave-last": mean_figure, "cold-start": top_10_figure}
+EARLY_STOPPING_METRIC = {"random": "top_100", "leave-last": "top_100", "cold-start": "top_10"}
 
 
 def load(protocol: str, seed: int, validation: bool) -> Any:
@@ -155,9 +170,10 @@ def score_baseline(spec: Any, data: Any, split: str) -> tuple[dict[str, float], 
     return figures(result), seconds
 
 
-def tune_baseline(grid: list[dict[str, Any]], tuning: Any, final: Any) -> tuple[dict[str, float], float, str]:
-    """Picks the grid point with the best mean validation figure, refits it on all of train, tests once."""
-    scored = [(mean_figure(score_baseline(spec, tuning, "validation")[0]), i) for i, spec in enumerate(grid)]
+def tune_baseline(grid: list[dict[str, Any]], tuning: Any, final: Any,
+                  pick: Callable[[dict[str, float]], float] = mean_figure) -> tuple[dict[str, float], float, str]:
+    """Picks the grid point with the best validation figure (``pick``), refits it on all of train, tests once."""
+    scored = [(pick(score_baseline(spec, tuning, "validation")[0]), i) for i, spec in enumerate(grid)]
     best = grid[max(scored)[1]]
     row, seconds = score_baseline(best, final, "test")
     return row, seconds, baseline_name(best)
@@ -179,7 +195,8 @@ def model_config(base: str, overrides: list[str], seed: int) -> dict[str, Any]:
     return recipe_config.resolve(raw, origin)
 
 
-def fit_model(config: dict[str, Any], data: Any, epochs: int, patience: int = 0) -> tuple[Any, float, int]:
+def fit_model(config: dict[str, Any], data: Any, epochs: int, patience: int = 0,
+              metric: str = "top_100") -> tuple[Any, float, int]:
     """Trains as the train job does; with ``patience``, stops on validation and keeps the best epoch.
 
     Returns:
@@ -189,7 +206,7 @@ def fit_model(config: dict[str, Any], data: Any, epochs: int, patience: int = 0)
     tf.keras.utils.set_random_seed(train["seed"])
     model = build_model(config, data)
     dataset = training_dataset(data, model.feature_keys, train["batch_size"], train["shuffle_buffer"], train["seed"])
-    stopper = ValidationEarlyStopping(data, patience, "top_100") if patience else None
+    stopper = ValidationEarlyStopping(data, patience, metric) if patience else None
     tick = time.perf_counter()
     model.fit(dataset, epochs=epochs, verbose=0, callbacks=[stopper] if stopper else [])
     seconds = time.perf_counter() - tick - (stopper.seconds if stopper else 0.0)
@@ -197,21 +214,21 @@ def fit_model(config: dict[str, Any], data: Any, epochs: int, patience: int = 0)
 
 
 def pick_variant(base: str, variants: dict[str, list[str]], shared: list[str], tuning: Any,
-                 seed: int) -> tuple[float, str, int]:
-    """(mean validation figure, variant, epochs) of the best variant, each stopped early on validation."""
+                 seed: int, protocol: str = "random") -> tuple[float, str, int]:
+    """(validation figure, variant, epochs) of the best variant, each stopped early on validation."""
     picked = []
     for name, overrides in variants.items():
         config = model_config(base, [*shared, *overrides], seed)
-        model, _, epochs = fit_model(config, tuning, MAX_EPOCHS, PATIENCE)
-        value = mean_figure(figures(evaluate_topk(model, tuning, KS, True, 4096, split="validation")))
+        model, _, epochs = fit_model(config, tuning, MAX_EPOCHS, PATIENCE, EARLY_STOPPING_METRIC[protocol])
+        value = PICK_BY[protocol](figures(evaluate_topk(model, tuning, KS, True, 4096, split="validation")))
         picked.append((value, name, epochs))
     return max(picked)
 
 
 def tune_model(base: str, variants: dict[str, list[str]], shared: list[str], tuning: Any, final: Any,
-               seed: int) -> tuple[dict[str, float], float, str]:
+               seed: int, protocol: str) -> tuple[dict[str, float], float, str]:
     """Picks the variant and epoch count on validation, refits on all of train, tests once."""
-    _, name, epochs = pick_variant(base, variants, shared, tuning, seed)
+    _, name, epochs = pick_variant(base, variants, shared, tuning, seed, protocol)
     config = model_config(base, [*shared, *variants[name]], seed)
     model, seconds, _ = fit_model(config, final, epochs)
     return figures(evaluate_topk(model, final, KS, True, 4096)), seconds, f"{name}, {epochs} epochs"
@@ -224,7 +241,8 @@ def tune_cold_start_model(shaped: dict[str, dict[str, list[str]]], seed: int) ->
         shaped: The variants to try per training shape (``"recent"``, ``"first"``); a shape with none is skipped.
         seed: The split and model seed.
     """
-    picks = {shape: pick_variant("retrieval", variants, HISTORY_TOWER, load_cold_start(seed, True, shape), seed)
+    picks = {shape: pick_variant("retrieval", variants, HISTORY_TOWER, load_cold_start(seed, True, shape), seed,
+                                 "cold-start")
              for shape, variants in shaped.items() if variants}
     shape = max(picks, key=lambda key: picks[key][0])
     _, name, epochs = picks[shape]
@@ -311,11 +329,11 @@ def run_seed(protocol: str, seed: int, quick: bool, variants: list[str] | None,
         rows[label] = tune_cold_start_model({"recent": chosen, "first": dict(list(first.items())[:1]) if quick else first},
                                             seed)
     elif "model" in systems:
-        rows[label] = tune_model("retrieval", chosen, shared, tuning, final, seed)
+        rows[label] = tune_model("retrieval", chosen, shared, tuning, final, seed, protocol)
     if "als" in systems:
-        rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final)
+        rows["ALS (implicit)"] = tune_baseline(als_grid, tuning, final, PICK_BY[protocol])
     if "ease" in systems:
-        rows["EASE"] = tune_baseline(ease_grid, tuning, final)
+        rows["EASE"] = tune_baseline(ease_grid, tuning, final, PICK_BY[protocol])
         if protocol == "random":
             rows[f"EASE on the latest {RECENT_HISTORY} movies (the model's input)"] = tune_recent_history_ease(tuning, final)
     if "popularity" in systems:

@@ -22,7 +22,8 @@ RECIPE_DIR = "recipes"
 # Section -> {key: (type or tuple of types, default)}; None default = required.
 FIXED_SECTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
     "recipe": {"name": (str, ""), "description": (str, "")},
-    "model": {"style": (str, "tfrs"), "train_metrics": (bool, False)},
+    # self_score_penalty: see towerkit.tasks.self_score (0: off).
+    "model": {"style": (str, "tfrs"), "train_metrics": (bool, False), "self_score_penalty": ((int, float), 0.0)},
     "optimizer": {"name": (str, "adagrad"), "learning_rate": ((int, float), 0.1)},
     "train": {
         "epochs": (int, 3),
@@ -403,6 +404,9 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
     if config["train"]["strategy"] not in STRATEGIES:
         raise _unknown_key(config["train"]["strategy"], list(STRATEGIES), f"train.strategy of {origin}")
     check_partitioning(config["train"])
+    if config["model"]["self_score_penalty"] < 0:
+        raise ConfigError(f"model.self_score_penalty in {origin} must be 0 (off) or a positive weight, "
+                          f"got {_show(config['model']['self_score_penalty'])}.")
     if config["model"]["style"] not in STYLES:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, "
                           f"got {_show(config['model']['style'])}.")

@@ -23,17 +23,20 @@ from towerkit.config import OPTIMIZERS, STYLES
 from towerkit.errors import ConfigError, FeatureError
 from towerkit.components import get_registry
 from towerkit.contracts import check_assembly, component_label
+from towerkit.tasks.self_score import SelfScorePenalty, check_self_score_weight
 
 
 
 class _TwoTower:
     """What both model styles share: the towers, the task, and the forward pass."""
 
-    def _setup(self, query_tower, candidate_tower, task, train_metrics: bool) -> None:
+    def _setup(self, query_tower, candidate_tower, task, train_metrics: bool, self_score=None) -> None:
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.task = task
         self.train_metrics = bool(train_metrics)
+        # A plain object, not a layer: it owns no weights, only reads the towers'.
+        self.self_score = self_score
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -55,9 +58,10 @@ class _TwoTower:
         # FactorizedTopK scores every candidate for every example; during
         # training that triples the step time, so it is off unless asked for.
         compute_metrics = self.train_metrics or not training
-        return self.task(
-            query_embeddings, candidate_embeddings, compute_metrics=compute_metrics, **extra
-        )
+        loss = self.task(query_embeddings, candidate_embeddings, compute_metrics=compute_metrics, **extra)
+        if training and self.self_score is not None:
+            loss += self.self_score(features)
+        return loss
 
 
 class RetrievalModel(_TwoTower, tfrs.Model):
@@ -70,9 +74,9 @@ class RetrievalModel(_TwoTower, tfrs.Model):
         train_metrics: Also compute the task's metrics in training steps.
     """
 
-    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False):
+    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False, self_score=None):
         super().__init__()
-        self._setup(query_tower, candidate_tower, task, train_metrics)
+        self._setup(query_tower, candidate_tower, task, train_metrics, self_score)
 
     def compute_loss(self, features, training: bool = False) -> tf.Tensor:
         return self._task_loss(features, training)
@@ -84,9 +88,9 @@ class RetrievalModel(_TwoTower, tfrs.Model):
 class TrainStepRetrievalModel(_TwoTower, tf.keras.Model):
     """The same model as a plain Keras model with its own train_step/test_step."""
 
-    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False):
+    def __init__(self, query_tower, candidate_tower, task, train_metrics: bool = False, self_score=None):
         super().__init__()
-        self._setup(query_tower, candidate_tower, task, train_metrics)
+        self._setup(query_tower, candidate_tower, task, train_metrics, self_score)
 
     def _loss_terms(self, features, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """The task loss and the layers' regularization losses, as the tutorial's train_step has them."""
@@ -141,6 +145,7 @@ def assemble(
     data: Any = None,
     style: str = "tfrs",
     train_metrics: bool = False,
+    self_score_penalty: float = 0.0,
 ) -> tf.keras.Model:
     """Builds a two-tower retrieval model from registered components.
 
@@ -156,6 +161,8 @@ def assemble(
         style: ``"tfrs"`` for a ``tfrs.Model`` subclass, ``"train_step"`` for a
             plain Keras model with its own ``train_step``/``test_step``.
         train_metrics: Compute the task's top-k metrics during training too.
+        self_score_penalty: Above 0, adds :class:`~towerkit.tasks.self_score.SelfScorePenalty`
+            with this weight to the training loss (needs ``data`` and a history-pooling query tower).
 
     Returns:
         A Keras model exposing ``.query_tower``, ``.candidate_tower`` and ``.task``.
@@ -180,8 +187,14 @@ def assemble(
         task = _build("tasks", task, **defaults)
     if getattr(task, "logq_correction", False) and data is not None:
         task.set_candidate_probabilities(data.candidate_train_frequencies())
+    self_score = None
+    if check_self_score_weight(self_score_penalty):
+        if data is None:
+            raise ConfigError("self_score_penalty needs the data to look history items up in its candidate table; "
+                              "pass data= to assemble, or set self_score_penalty to 0.")
+        self_score = SelfScorePenalty(self_score_penalty, query_tower, candidate_tower, data.candidate_features)
     model_class = RetrievalModel if style == "tfrs" else TrainStepRetrievalModel
-    return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics)
+    return model_class(query_tower, candidate_tower, task, train_metrics=train_metrics, self_score=self_score)
 
 
 def _build_towers(query: Any, candidate: Any) -> tuple[Any, Any]:
@@ -236,6 +249,7 @@ def build_model(config: Mapping[str, Any], data: Any) -> tf.keras.Model:
         data=data,
         style=config["model"]["style"],
         train_metrics=config["model"]["train_metrics"],
+        self_score_penalty=config["model"].get("self_score_penalty", 0.0),
     )
     model.compile(optimizer=make_optimizer(config["optimizer"]["name"], config["optimizer"]["learning_rate"]),
                   steps_per_execution=config["train"].get("steps_per_execution", 1))

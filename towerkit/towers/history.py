@@ -51,6 +51,9 @@ class HistoryTower(Tower):
         l2: L2 penalty on the item embeddings each batch uses (0 for none).
         item_bias: Append a constant 1 as a last column (the output is
             ``embedding_dim + 1`` wide), for a candidate tower with a per-item bias.
+        item_key: The candidate-table column whose values the history's ids
+            are (``movie_id`` for ``movielens-100k``); the model's
+            ``self_score_penalty`` finds each history item's candidate row by it.
         **kwargs: Passed to ``tf.keras.layers.Layer``.
 
     Example:
@@ -61,13 +64,16 @@ class HistoryTower(Tower):
 
     def __init__(self, feature: str = "movie_history", vocabulary: Sequence[int] | None = None,
                  embedding_dim: int = 32, max_length: int = 50, pooling: str = "mean", l2: float = 0.0,
-                 item_bias: bool = False, **kwargs: Any):
+                 item_bias: bool = False, item_key: str = "movie_id", **kwargs: Any):
         super().__init__(embedding_dim=embedding_dim, **kwargs)
         if not isinstance(item_bias, bool):
             raise ConfigError(f"item_bias must be true or false, got {item_bias!r}.")
         self.item_bias = item_bias
         if not isinstance(feature, str) or not feature:
             raise ConfigError(f"feature must be a non-empty string, got {feature!r}.")
+        if not isinstance(item_key, str) or not item_key:
+            raise ConfigError(f"item_key must be a non-empty string (a candidate column), got {item_key!r}.")
+        self.item_key = item_key
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
@@ -111,7 +117,12 @@ class HistoryTower(Tower):
                                                     mask_token=None, num_oov_indices=1, name="lookup")
         self.embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, self.embedding_dim, name="embedding")
 
-    def _history(self, features: Any) -> tf.RaggedTensor:
+    def item_embeddings(self, ids: tf.Tensor) -> tf.Tensor:
+        """The embedding of each item id before pooling (unknown ids share the out-of-vocabulary row)."""
+        return self.embedding(self.lookup(tf.cast(ids, tf.int64)))
+
+    def history_ids(self, features: Any) -> tf.RaggedTensor:
+        """The item ids this tower reads from ``features``: each row's last ``max_length``, oldest first."""
         ids = self.select(features)[self.feature]
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
@@ -127,8 +138,8 @@ class HistoryTower(Tower):
         if self.vocabulary is None:
             raise ConfigError(f"tower '{self.component_name}' has no vocabulary yet; pass vocabulary= or "
                               "assemble it with data so it can adapt.")
-        history = self._history(features)
-        embedded = tf.ragged.map_flat_values(lambda ids: self.embedding(self.lookup(ids)), history)
+        history = self.history_ids(features)
+        embedded = tf.ragged.map_flat_values(self.item_embeddings, history)
         if self.l2:
             self.add_loss(self.l2 * tf.reduce_sum(tf.square(embedded.flat_values)))
         if self.pooling == "mean":
@@ -157,5 +168,6 @@ class HistoryTower(Tower):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(feature=self.feature, vocabulary=self.vocabulary, max_length=self.max_length,
-                      pooling=self.pooling, l2=self.l2, item_bias=self.item_bias)
+                      pooling=self.pooling, l2=self.l2, item_bias=self.item_bias,
+                      item_key=self.item_key)
         return config
