@@ -178,6 +178,7 @@ def assemble(
     """
     if style not in STYLES:
         raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}.")
+    self_score_penalty = check_self_score_weight(self_score_penalty)
     query_tower, candidate_tower = _build_towers(query, candidate)
     if data is not None:
         _fit_towers_to(data, query_tower, candidate_tower)
@@ -188,7 +189,7 @@ def assemble(
     if getattr(task, "logq_correction", False) and data is not None:
         task.set_candidate_probabilities(data.candidate_train_frequencies())
     self_score = None
-    if check_self_score_weight(self_score_penalty):
+    if self_score_penalty:
         if data is None:
             raise ConfigError("self_score_penalty needs the data to look history items up in its candidate table; "
                               "pass data= to assemble, or set self_score_penalty to 0.")

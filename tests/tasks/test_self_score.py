@@ -1,0 +1,134 @@
+"""model.self_score_penalty: each history item's score against itself, pushed towards zero in training."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import towerkit
+from towerkit.datasets.base import to_tf_dataset
+from towerkit.errors import ConfigError, FeatureError
+
+HISTORY = {"name": "history", "embedding_dim": 8, "max_length": 5}
+
+
+@pytest.fixture(scope="module")
+def with_history(tmp_path_factory):
+    from conftest import write_grouplens
+
+    directory = tmp_path_factory.mktemp("self_score")
+    write_grouplens(directory / "ml-100k")
+    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", split="leave-last",
+                                 history_length=5)
+
+
+def self_scores(model, data, histories):
+    """Each history item's e_i . c_i, computed outside the model: its row of the candidate table by movie_id."""
+    movie_ids = data.candidate_features["movie_id"].astype(np.int64).tolist()
+    ids = np.concatenate([np.asarray(h, dtype=np.int64)[-5:] for h in histories])
+    rows = [movie_ids.index(i) for i in ids.tolist()]
+    columns = {k: tf.constant(np.asarray(data.candidate_features[k])[rows]) for k in model.candidate_tower.feature_keys}
+    items = model.query_tower.item_embeddings(tf.constant(ids)).numpy()
+    candidates = model.candidate_tower(columns).numpy()[:, : items.shape[1]]
+    return np.sum(items * candidates, axis=1)
+
+
+def train(data, penalty, style="tfrs", epochs=3, item_bias=False):
+    tf.keras.utils.set_random_seed(5)
+    model = towerkit.assemble(data=data, query={**HISTORY, "item_bias": item_bias},
+                              candidate={"name": "movie", "embedding_dim": 8, "item_bias": item_bias},
+                              style=style, self_score_penalty=penalty)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(0.3))
+    if epochs:
+        model.fit(to_tf_dataset(data.train_features(model.feature_keys)).batch(256), epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_the_penalty_is_its_weight_times_the_squared_self_scores_of_the_batch_history_items(with_history, item_bias):
+    model = train(with_history, 0.5, epochs=0, item_bias=item_bias)
+    rows = with_history.train_rows[:40]
+    histories = with_history.column("movie_history", rows)
+    features = {"movie_history": tf.ragged.constant([h.tolist() for h in histories], dtype=tf.int64),
+                **{k: tf.constant(with_history.column(k, rows)) for k in model.candidate_tower.feature_keys}}
+    expected = 0.5 * np.sum(np.square(self_scores(model, with_history, histories)))
+    assert expected > 0
+    np.testing.assert_allclose(model.self_score(features).numpy(), expected, rtol=1e-5)
+    # An id the candidate table does not have adds nothing (it has no candidate embedding to score against).
+    unknown = dict(features, movie_history=tf.concat(
+        [features["movie_history"], tf.ragged.constant([[99999]], dtype=tf.int64)], axis=0))
+    np.testing.assert_allclose(model.self_score(unknown).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", ["tfrs", "train_step"])
+def test_training_with_it_shrinks_the_self_scores_of_history_items(with_history, style):
+    histories = with_history.column("movie_history", with_history.train_rows)
+    without = np.mean(np.square(self_scores(train(with_history, 0.0, style), with_history, histories)))
+    penalised = train(with_history, 1.0, style)
+    assert np.mean(np.square(self_scores(penalised, with_history, histories))) < 0.2 * without
+    # It is a training term: evaluation's loss is the task's alone, as without it.
+    features = with_history.train_features(penalised.feature_keys)
+    plain = train(with_history, 0.0, style, epochs=0)
+    plain.set_weights(penalised.get_weights())
+    batch = to_tf_dataset(features).batch(len(with_history.train_rows))
+    np.testing.assert_allclose(penalised.evaluate(batch, verbose=0, return_dict=True)["loss"],
+                               plain.evaluate(batch, verbose=0, return_dict=True)["loss"], rtol=1e-6)
+
+
+def test_without_a_history_pooling_query_tower_it_is_one_clear_error(small_movielens):
+    with pytest.raises(ConfigError, match="needs a query tower that pools an item history.*'user'"):
+        towerkit.assemble(data=small_movielens, query="user", candidate="movie", self_score_penalty=1.0)
+
+
+def test_a_negative_weight_or_no_data_is_one_clear_error(with_history):
+    with pytest.raises(ConfigError, match="must be a non-negative number"):
+        towerkit.assemble(data=with_history, query=HISTORY, candidate="movie", self_score_penalty=-1.0)
+    with pytest.raises(ConfigError, match="needs the data"):
+        towerkit.assemble(query={**HISTORY, "vocabulary": [1, 2]}, candidate={"name": "movie", "vocabulary": ["a"]},
+                          self_score_penalty=1.0)
+
+
+def test_an_item_key_the_candidate_table_lacks_names_its_columns(with_history):
+    with pytest.raises(FeatureError, match="candidate column 'film'.*movie_id"):
+        towerkit.assemble(data=with_history, query={**HISTORY, "item_key": "film"},
+                          candidate={"name": "movie", "embedding_dim": 8},
+                          self_score_penalty=1.0)
+
+
+def test_item_key_round_trips_through_the_tower_config():
+    from towerkit.towers.history import HistoryTower
+
+    tower = HistoryTower(vocabulary=[1, 2], item_key="item")
+    assert HistoryTower.from_config(tower.get_config()).item_key == "item"
+    with pytest.raises(ConfigError, match="item_key must be a non-empty string"):
+        HistoryTower(vocabulary=[1], item_key="")
+
+
+def test_a_recipe_with_a_negative_penalty_is_refused_before_training(tmp_path):
+    from conftest import recipe_text
+
+    from towerkit import config as recipe_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text(recipe_text(model={"self_score_penalty": -0.5}))
+    raw, origin = recipe_config.load_recipe(str(path))
+    with pytest.raises(ConfigError, match=r"model.self_score_penalty in .*bad.toml must be 0 \(off\) or a positive"):
+        recipe_config.resolve(raw, origin)
+
+
+def test_a_recipe_trains_with_it_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
+    from conftest import recipe_text, run_cli
+
+    recipe = tmp_path / "cold.toml"
+    recipe.write_text(recipe_text(
+        recipe={"name": "cold"}, dataset={"name": "movielens-100k", "split": "cold-start", "history_length": 8,
+                                          "cold_start_train_history": "first"},
+        query_tower={"name": "history", "embedding_dim": 16, "max_length": 5},
+        candidate_tower={"name": "movie", "embedding_dim": 16},
+        model={"self_score_penalty": 1.0},
+        evaluate={"ks": [10], "every_epoch": False},
+    ).replace('num_users = 150\nnum_items = 60\nnum_interactions = 4000\n', ""))
+    trained = run_cli("train", str(recipe), "-o", str(tmp_path / "run"), "--set", "train.epochs=1")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    export = towerkit.load_export(tmp_path / "run" / "model")
+    scores, ids = export.recommend({"movie_history": [[1, 2, 3, 4, 5]]}, k=5)
+    assert ids.shape == (1, 5) and np.isfinite(scores).all()
