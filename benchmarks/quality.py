@@ -350,6 +350,9 @@ def print_table(protocol: str, runs: list[dict[str, tuple]], seeds: list[int], s
         means = {f: statistics.mean(run[name][0][f] for run in runs) for f in FIGURES}
         fit = statistics.mean(run[name][1] for run in runs)
         say(f"| {name} | " + " | ".join(f"{means[f]:.4f}" for f in FIGURES) + f" | {fit:.1f} s |")
+    say("\nper seed (" + ", ".join(map(str, seeds)) + "), each figure:")
+    for name in runs[0]:
+        say(f"  {name}: " + "; ".join(" ".join(f"{run[name][0][f]:.4f}" for f in FIGURES) for run in runs))
     say("\npicked on validation, per seed:")
     for name in runs[0]:
         say(f"  {name}: " + "; ".join(run[name][2] for run in runs))
