@@ -125,4 +125,4 @@ def test_recipes_show_prints_a_shipped_recipe_to_copy(tmp_path):
     unknown = run_cli("recipes", "show", "retrieva")
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == ("towerkit: error: unknown recipe 'retrieva'; did you mean 'retrieval'? "
-                                      "shipped recipes: basic-retrieval, item-to-item, retrieval.")
+                                      "shipped recipes: basic-retrieval, cold-start, item-to-item, retrieval.")

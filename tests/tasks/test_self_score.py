@@ -115,20 +115,18 @@ def test_a_recipe_with_a_negative_penalty_is_refused_before_training(tmp_path):
         recipe_config.resolve(raw, origin)
 
 
-def test_a_recipe_trains_with_it_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
-    from conftest import recipe_text, run_cli
+def test_the_shipped_cold_start_recipe_trains_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
+    import json
 
-    recipe = tmp_path / "cold.toml"
-    recipe.write_text(recipe_text(
-        recipe={"name": "cold"}, dataset={"name": "movielens-100k", "split": "cold-start", "history_length": 8,
-                                          "cold_start_train_history": "first"},
-        query_tower={"name": "history", "embedding_dim": 16, "max_length": 5},
-        candidate_tower={"name": "movie", "embedding_dim": 16},
-        model={"self_score_penalty": 1.0},
-        evaluate={"ks": [10], "every_epoch": False},
-    ).replace('num_users = 150\nnum_items = 60\nnum_interactions = 4000\n', ""))
-    trained = run_cli("train", str(recipe), "-o", str(tmp_path / "run"), "--set", "train.epochs=1")
+    from conftest import run_cli
+
+    trained = run_cli("train", "cold-start", "-o", str(tmp_path / "run"), "--set", "train.epochs=1",
+                      "--set", 'dataset.source="files"', "--json")
     assert trained.returncode == 0, trained.stderr[-2000:]
+    resolved = (tmp_path / "run" / "config.toml").read_text()
+    assert "self_score_penalty = 1.0" in resolved and 'split = "cold-start"' in resolved
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     export = towerkit.load_export(tmp_path / "run" / "model")
+    assert export.query_specs == {"movie_history": {"dtype": "int64", "ragged": True}}
     scores, ids = export.recommend({"movie_history": [[1, 2, 3, 4, 5]]}, k=5)
     assert ids.shape == (1, 5) and np.isfinite(scores).all()
