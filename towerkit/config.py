@@ -404,7 +404,7 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
     if config["train"]["strategy"] not in STRATEGIES:
         raise _unknown_key(config["train"]["strategy"], list(STRATEGIES), f"train.strategy of {origin}")
     check_partitioning(config["train"])
-    if config["model"]["self_score_penalty"] < 0:
+    if not (config["model"]["self_score_penalty"] >= 0 and math.isfinite(config["model"]["self_score_penalty"])):
         raise ConfigError(f"model.self_score_penalty in {origin} must be 0 (off) or a positive weight, "
                           f"got {_show(config['model']['self_score_penalty'])}.")
     if config["model"]["style"] not in STYLES:

@@ -50,6 +50,10 @@ class _TwoTower:
         return {k: v for k, v in logs.items() if k not in idle}
 
     def _task_loss(self, features: Mapping[str, tf.Tensor], training: bool) -> tf.Tensor:
+        # The penalty runs the candidate tower on the history's items. It must come first: a Keras 2
+        # layer called outside a model call drops the add_loss terms (L2) of its previous call, so the
+        # towers' own calls below leave the batch's regularization exactly as without the penalty.
+        penalty = self.self_score(features) if training and self.self_score is not None else None
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
         extra = {}
@@ -59,9 +63,7 @@ class _TwoTower:
         # training that triples the step time, so it is off unless asked for.
         compute_metrics = self.train_metrics or not training
         loss = self.task(query_embeddings, candidate_embeddings, compute_metrics=compute_metrics, **extra)
-        if training and self.self_score is not None:
-            loss += self.self_score(features)
-        return loss
+        return loss if penalty is None else loss + penalty
 
 
 class RetrievalModel(_TwoTower, tfrs.Model):

@@ -74,14 +74,44 @@ def test_training_with_it_shrinks_the_self_scores_of_history_items(with_history,
                                plain.evaluate(batch, verbose=0, return_dict=True)["loss"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("style", ["tfrs", "train_step"])
+def test_it_leaves_the_towers_regularization_of_the_batch_as_it_was(with_history, style):
+    """A Keras 2 layer called again drops its last call's L2 terms: the penalty must not swap the batch's L2 for its own."""
+    def one_step(penalty):
+        tf.keras.utils.set_random_seed(5)
+        model = towerkit.assemble(data=with_history, query={**HISTORY, "l2": 0.5}, style=style,
+                                  candidate={"name": "movie", "embedding_dim": 8, "l2": 1.0},
+                                  self_score_penalty=penalty)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(0.3))
+        batch = to_tf_dataset(with_history.train_features(model.feature_keys)).take(256).batch(256)
+        return model.fit(batch, epochs=1, verbose=0).history
+
+    without, tiny = one_step(0.0), one_step(1e-9)
+    assert without["regularization_loss"][0] > 0
+    np.testing.assert_allclose(tiny["regularization_loss"], without["regularization_loss"], rtol=1e-6)
+
+
+def test_a_batch_of_empty_histories_costs_nothing(with_history):
+    model = train(with_history, 1.0, epochs=0)
+    empty = {"movie_history": tf.ragged.constant([[], []], dtype=tf.int64)}
+    assert model.self_score(empty).numpy() == 0.0
+
+
+def test_a_gru_history_is_refused_since_it_does_not_add_item_embeddings(with_history):
+    with pytest.raises(ConfigError, match="adds up item embeddings.*'gru'"):
+        towerkit.assemble(data=with_history, query={**HISTORY, "pooling": "gru"},
+                          candidate={"name": "movie", "embedding_dim": 8}, self_score_penalty=1.0)
+
+
 def test_without_a_history_pooling_query_tower_it_is_one_clear_error(small_movielens):
     with pytest.raises(ConfigError, match="needs a query tower that pools an item history.*'user'"):
         towerkit.assemble(data=small_movielens, query="user", candidate="movie", self_score_penalty=1.0)
 
 
 def test_a_negative_weight_or_no_data_is_one_clear_error(with_history):
-    with pytest.raises(ConfigError, match="must be a non-negative number"):
-        towerkit.assemble(data=with_history, query=HISTORY, candidate="movie", self_score_penalty=-1.0)
+    for weight in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="must be a finite non-negative number"):
+            towerkit.assemble(data=with_history, query=HISTORY, candidate="movie", self_score_penalty=weight)
     with pytest.raises(ConfigError, match="needs the data"):
         towerkit.assemble(query={**HISTORY, "vocabulary": [1, 2]}, candidate={"name": "movie", "vocabulary": ["a"]},
                           self_score_penalty=1.0)
@@ -103,13 +133,15 @@ def test_item_key_round_trips_through_the_tower_config():
         HistoryTower(vocabulary=[1], item_key="")
 
 
-def test_a_recipe_with_a_negative_penalty_is_refused_before_training(tmp_path):
+@pytest.mark.parametrize("value", ["-0.5", "nan", "inf"])
+def test_a_recipe_with_a_negative_or_non_finite_penalty_is_refused_before_training(tmp_path, value):
     from conftest import recipe_text
 
     from towerkit import config as recipe_config
 
     path = tmp_path / "bad.toml"
-    path.write_text(recipe_text(model={"self_score_penalty": -0.5}))
+    path.write_text(recipe_text(model={"self_score_penalty": 1.0}).replace("self_score_penalty = 1.0",
+                                                                            f"self_score_penalty = {value}"))
     raw, origin = recipe_config.load_recipe(str(path))
     with pytest.raises(ConfigError, match=r"model.self_score_penalty in .*bad.toml must be 0 \(off\) or a positive"):
         recipe_config.resolve(raw, origin)

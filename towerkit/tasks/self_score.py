@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -13,8 +14,8 @@ from towerkit.errors import ConfigError, FeatureError
 
 def check_self_score_weight(weight: Any) -> float:
     """The penalty's weight as a float, or one clear error."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ConfigError(f"self_score_penalty must be a non-negative number (0 turns it off), got {weight!r}.")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+        raise ConfigError(f"self_score_penalty must be a finite non-negative number (0 turns it off), got {weight!r}.")
     return float(weight)
 
 
@@ -31,6 +32,12 @@ class SelfScorePenalty:
     histories name. In the cold-start protocol the given history is never a
     target, and without it about an eighth of the tower's top-10 were the
     given movies themselves (docs/quality.md).
+
+    With attention pooling an item's share of the query is ``w_i * e_i``, so
+    ``e_i . c_i`` is still its self-score up to its weight; a GRU mixes the
+    items, so it is refused. The term is summed over the items as the task's
+    loss is over the batch; it ignores ``temperature`` and sample weights, and
+    the logged training ``loss`` includes it (evaluation's does not).
 
     Args:
         weight: The penalty's weight (added to the summed in-batch loss).
@@ -52,6 +59,11 @@ class SelfScorePenalty:
             raise ConfigError(
                 f"self_score_penalty needs a query tower that pools an item history (such as 'history'), got "
                 f"'{component_label(query_tower)}'; use such a tower or set model.self_score_penalty to 0.")
+        if not getattr(query_tower, "pools_additively", False):
+            raise ConfigError(
+                f"self_score_penalty needs a history pooling that adds up item embeddings (mean or attention), but "
+                f"query tower '{component_label(query_tower)}' pools with {getattr(query_tower, 'pooling', 'its own')!r}; "
+                "choose pooling = \"mean\" or \"attention\", or set model.self_score_penalty to 0.")
         key = query_tower.item_key
         if key not in candidate_features:
             raise FeatureError(

@@ -99,6 +99,11 @@ class HistoryTower(Tower):
         return self.vocabulary is not None
 
     @property
+    def pools_additively(self) -> bool:
+        """Whether the query is a weighted sum of item embeddings (mean, attention), not a GRU's mix of them."""
+        return self.pooling != "gru"
+
+    @property
     def output_dim(self) -> int:
         return self.embedding_dim + 1 if self.item_bias else self.embedding_dim
 
