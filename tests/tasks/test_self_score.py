@@ -162,3 +162,30 @@ def test_the_shipped_cold_start_recipe_trains_end_to_end_and_its_export_serves_a
     assert export.query_specs == {"movie_history": {"dtype": "int64", "ragged": True}}
     scores, ids = export.recommend({"movie_history": [[1, 2, 3, 4, 5]]}, k=5)
     assert ids.shape == (1, 5) and np.isfinite(scores).all()
+
+
+def test_it_trains_under_a_mirrored_strategy_as_without_one(data_dir, tmp_path):
+    """Two replicas on two logical CPUs: the penalty's candidate table is captured by each replica's step."""
+    import json
+
+    from conftest import run_python
+
+    code = f"""
+import json, tempfile
+import towerkit, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from towerkit import config as rc
+from towerkit.pipeline import run
+out = {{}}
+for strategy in ("default", "mirrored"):
+    raw = rc.apply_overrides(rc.load_recipe("cold-start")[0], [f'train.strategy="{{strategy}}"', "export.enabled=false",
+                             'dataset.source="files"', "train.epochs=2", "evaluate.baselines=[]"])
+    out[strategy] = run(rc.resolve(raw, "t"), tempfile.mkdtemp(), log=lambda m: None, verbose=0).metrics
+print(json.dumps({{s: m["test"]["model"]["all"] for s, m in out.items()}}))
+"""
+    result = run_python(code, env={"TOWERKIT_DATA": str(data_dir)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for k in ("top_10", "top_100"):
+        assert abs(out["default"][k] - out["mirrored"][k]) <= 0.05, out

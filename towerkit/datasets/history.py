@@ -107,3 +107,22 @@ def first_items_history(query_ids: np.ndarray, times: np.ndarray, items: np.ndar
         for position, row in enumerate(order[start:stop].tolist()):
             result[row] = first[:position] if position < count else first
     return result
+
+
+def rows_after_first(query_ids: np.ndarray, times: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+    """``rows`` without each query's first ``count`` of them by time (ties broken by row), in their given order.
+
+    A cold-start test asks for a held-out user's interactions after their
+    first ``count`` only, each from exactly those ``count``: training on just
+    the same shape leaves out the rows among the first, whose shorter
+    histories and first-rated items the test never asks about.
+    """
+    check_positive_int(count, "cold_start_history")
+    rows = np.asarray(rows)
+    order = np.lexsort((rows, times[rows], query_ids[rows]))
+    queries = query_ids[rows[order]]
+    starts = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1]]) if len(order) else np.zeros(0, int)
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[order] = position >= count
+    return rows[keep]

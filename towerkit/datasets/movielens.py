@@ -10,7 +10,7 @@ import numpy as np
 
 from towerkit.datasets import fetch, grouplens, tfds_prepare
 from towerkit.datasets.base import RetrievalDataset, seed_split
-from towerkit.datasets.history import first_items_history, given_history_column
+from towerkit.datasets.history import first_items_history, given_history_column, rows_after_first
 from towerkit.datasets.splits import (
     carve_validation,
     check_cold_start,
@@ -35,6 +35,8 @@ TFDS_OCCUPATIONS = (
     "writer",
 )
 SOURCES = ("auto", "tfds", "files", "fetch")
+# How cold-start training rows get their history (see MovieLens100K).
+TRAIN_HISTORIES = ("recent", "first", "after-first")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -198,7 +200,10 @@ class MovieLens100K(RetrievalDataset):
             ``"recent"`` gives training rows their latest earlier items (as in
             the other splits); ``"first"`` gives them their user's first
             ``cold_start_history`` items, the shape of the held-out users' test
-            (train as you will serve).
+            (train as you will serve), and a row among those first items the
+            ones before it; ``"after-first"`` is ``"first"`` without training
+            on the rows among the first items (they stay the others' history,
+            but are not in ``train_rows``): exactly the test's shape.
 
     Attributes:
         validation_rows: The validation rows (empty without a validation share).
@@ -248,16 +253,18 @@ class MovieLens100K(RetrievalDataset):
         else:
             train_rows, test_rows = seed_split(len(users), train_fraction, split_seed)
             train_rows, validation_rows = carve_validation(train_rows, len(users), validation_fraction)
-        if cold_start_train_history not in ("recent", "first"):
-            raise ConfigError(f"cold_start_train_history must be 'recent' or 'first', got "
+        if cold_start_train_history not in TRAIN_HISTORIES:
+            raise ConfigError(f"cold_start_train_history must be one of {', '.join(TRAIN_HISTORIES)}, got "
                               f"{cold_start_train_history!r}; set it to one of those (with split='cold-start').")
         if history_length:
             movies = interactions["movie_id"].astype(np.int64)
             interactions["movie_history"] = given_history_column(users, times, movies, train_rows, history_rows,
                                                                  history_length)
-            if split == "cold-start" and cold_start_train_history == "first":
+            if split == "cold-start" and cold_start_train_history in ("first", "after-first"):
                 interactions["movie_history"] = first_items_history(
                     users, times, movies, train_rows, cold_start_history, interactions["movie_history"])
+            if split == "cold-start" and cold_start_train_history == "after-first":
+                train_rows = rows_after_first(users, times, train_rows, cold_start_history)
         super().__init__(interactions, candidates, train_rows, test_rows)
         self.validation_rows = validation_rows
         self.history_rows = history_rows
