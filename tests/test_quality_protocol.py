@@ -414,6 +414,23 @@ def test_cold_start_can_train_on_histories_shaped_like_its_test(cold_start, cold
         towerkit.load_dataset("movielens-100k", cold_start_train_history="last", **options)
 
 
+def test_cold_start_can_train_on_exactly_the_test_shape_after_the_first_items(cold_start, cold_start_options):
+    plain, options = cold_start[0], cold_start_options
+    after = towerkit.load_dataset("movielens-100k", cold_start_train_history="after-first", **options)
+    trained = set(after.train_rows.tolist())
+    dropped = 0
+    for user in sorted(set(plain.interactions["user_id"][plain.train_rows])):
+        ordered = [row for row in _first_by_time(plain, user) if row in set(plain.train_rows.tolist())]
+        given = plain.interactions["movie_id"][ordered[:5]].astype(np.int64).tolist()
+        assert not trained & set(ordered[:5])  # the first five are history, never targets
+        dropped += len(ordered[:5])
+        for row in ordered[5:]:
+            assert row in trained and after.interactions["movie_history"][row].tolist() == given
+    assert len(after.train_rows) == len(plain.train_rows) - dropped
+    np.testing.assert_array_equal(after.test_rows, plain.test_rows)
+    np.testing.assert_array_equal(after.validation_rows, plain.validation_rows)
+
+
 def test_cold_start_split_breaks_time_ties_by_row_and_checks_its_options():
     from towerkit.datasets.splits import cold_start_split
 
