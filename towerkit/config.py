@@ -407,6 +407,10 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
     if not (config["model"]["self_score_penalty"] >= 0 and math.isfinite(config["model"]["self_score_penalty"])):
         raise ConfigError(f"model.self_score_penalty in {origin} must be 0 (off) or a positive weight, "
                           f"got {_show(config['model']['self_score_penalty'])}.")
+    if config["model"]["self_score_penalty"] and config["train"]["strategy"] == "parameter-server":
+        # Its candidate table is captured by the step function as local constants; that is untested on remote workers.
+        raise ConfigError(f"model.self_score_penalty in {origin} is not supported with train.strategy "
+                          "\"parameter-server\" yet; set it to 0, or train with another strategy.")
     if config["model"]["style"] not in STYLES:
         raise ConfigError(f"model.style in {origin} must be one of {', '.join(STYLES)}, "
                           f"got {_show(config['model']['style'])}.")

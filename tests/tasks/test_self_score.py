@@ -147,6 +147,15 @@ def test_a_recipe_with_a_negative_or_non_finite_penalty_is_refused_before_traini
         recipe_config.resolve(raw, origin)
 
 
+def test_a_parameter_server_run_with_it_is_refused_before_training():
+    from towerkit import config as recipe_config
+
+    raw, origin = recipe_config.load_recipe("cold-start")
+    raw = recipe_config.apply_overrides(raw, ['train.strategy="parameter-server"', "model.self_score_penalty=1.0"])
+    with pytest.raises(ConfigError, match='not supported with train.strategy "parameter-server"'):
+        recipe_config.resolve(raw, origin)
+
+
 def test_the_shipped_cold_start_recipe_trains_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
     import json
 
