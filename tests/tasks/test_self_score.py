@@ -156,16 +156,16 @@ def test_a_parameter_server_run_with_it_is_refused_before_training():
         recipe_config.resolve(raw, origin)
 
 
-def test_the_shipped_cold_start_recipe_trains_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
+def test_the_shipped_cold_start_recipe_trains_with_it_end_to_end_and_its_export_serves_a_new_user(data_dir, tmp_path):
     import json
 
     from conftest import run_cli
 
     trained = run_cli("train", "cold-start", "-o", str(tmp_path / "run"), "--set", "train.epochs=1",
-                      "--set", 'dataset.source="files"', "--json")
+                      "--set", 'dataset.source="files"', "--set", "model.self_score_penalty=1.0", "--json")
     assert trained.returncode == 0, trained.stderr[-2000:]
     resolved = (tmp_path / "run" / "config.toml").read_text()
-    assert "self_score_penalty = 1.0" in resolved and 'split = "cold-start"' in resolved
+    assert "self_score_penalty = 1.0" in resolved and 'cold_start_train_history = "after-first"' in resolved
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     export = towerkit.load_export(tmp_path / "run" / "model")
     assert export.query_specs == {"movie_history": {"dtype": "int64", "ragged": True}}
@@ -189,7 +189,7 @@ from towerkit.pipeline import run
 out = {{}}
 for strategy in ("default", "mirrored"):
     raw = rc.apply_overrides(rc.load_recipe("cold-start")[0], [f'train.strategy="{{strategy}}"', "export.enabled=false",
-                             'dataset.source="files"', "train.epochs=2", "evaluate.baselines=[]"])
+                             'dataset.source="files"', "train.epochs=2", "model.self_score_penalty=1.0"])
     out[strategy] = run(rc.resolve(raw, "t"), tempfile.mkdtemp(), log=lambda m: None, verbose=0).metrics
 print(json.dumps({{s: m["test"]["model"]["all"] for s, m in out.items()}}))
 """
