@@ -71,6 +71,15 @@ def small_movielens(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_leave_last(tmp_path_factory):
+    """A small GroupLens set split leave-last, each row with its latest 5 earlier movies (``movie_history``)."""
+    directory = tmp_path_factory.mktemp("leave_last")
+    write_grouplens(directory / "ml-100k")
+    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", split="leave-last",
+                                 history_length=5)
+
+
+@pytest.fixture(scope="session")
 def synthetic():
     return towerkit.load_dataset("synthetic", num_users=200, num_items=80, num_interactions=6000, seed=3)
 

@@ -11,16 +11,6 @@ from towerkit.errors import ConfigError, FeatureError
 HISTORY = {"name": "history", "embedding_dim": 8, "max_length": 5}
 
 
-@pytest.fixture(scope="module")
-def with_history(tmp_path_factory):
-    from conftest import write_grouplens
-
-    directory = tmp_path_factory.mktemp("self_score")
-    write_grouplens(directory / "ml-100k")
-    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", split="leave-last",
-                                 history_length=5)
-
-
 def self_scores(model, data, histories):
     """Each history item's e_i . c_i, computed outside the model: its row of the candidate table by movie_id."""
     movie_ids = data.candidate_features["movie_id"].astype(np.int64).tolist()
@@ -44,13 +34,13 @@ def train(data, penalty, style="tfrs", epochs=3, item_bias=False):
 
 
 @pytest.mark.parametrize("item_bias", [False, True])
-def test_the_penalty_is_its_weight_times_the_squared_self_scores_of_the_batch_history_items(with_history, item_bias):
-    model = train(with_history, 0.5, epochs=0, item_bias=item_bias)
-    rows = with_history.train_rows[:40]
-    histories = with_history.column("movie_history", rows)
+def test_the_penalty_is_its_weight_times_the_squared_self_scores_of_the_batch_history_items(small_leave_last, item_bias):
+    model = train(small_leave_last, 0.5, epochs=0, item_bias=item_bias)
+    rows = small_leave_last.train_rows[:40]
+    histories = small_leave_last.column("movie_history", rows)
     features = {"movie_history": tf.ragged.constant([h.tolist() for h in histories], dtype=tf.int64),
-                **{k: tf.constant(with_history.column(k, rows)) for k in model.candidate_tower.feature_keys}}
-    expected = 0.5 * np.sum(np.square(self_scores(model, with_history, histories)))
+                **{k: tf.constant(small_leave_last.column(k, rows)) for k in model.candidate_tower.feature_keys}}
+    expected = 0.5 * np.sum(np.square(self_scores(model, small_leave_last, histories)))
     assert expected > 0
     np.testing.assert_allclose(model.self_score(features).numpy(), expected, rtol=1e-5)
     # An id the candidate table does not have adds nothing (it has no candidate embedding to score against).
@@ -60,30 +50,30 @@ def test_the_penalty_is_its_weight_times_the_squared_self_scores_of_the_batch_hi
 
 
 @pytest.mark.parametrize("style", ["tfrs", "train_step"])
-def test_training_with_it_shrinks_the_self_scores_of_history_items(with_history, style):
-    histories = with_history.column("movie_history", with_history.train_rows)
-    without = np.mean(np.square(self_scores(train(with_history, 0.0, style), with_history, histories)))
-    penalised = train(with_history, 1.0, style)
-    assert np.mean(np.square(self_scores(penalised, with_history, histories))) < 0.2 * without
+def test_training_with_it_shrinks_the_self_scores_of_history_items(small_leave_last, style):
+    histories = small_leave_last.column("movie_history", small_leave_last.train_rows)
+    without = np.mean(np.square(self_scores(train(small_leave_last, 0.0, style), small_leave_last, histories)))
+    penalised = train(small_leave_last, 1.0, style)
+    assert np.mean(np.square(self_scores(penalised, small_leave_last, histories))) < 0.2 * without
     # It is a training term: evaluation's loss is the task's alone, as without it.
-    features = with_history.train_features(penalised.feature_keys)
-    plain = train(with_history, 0.0, style, epochs=0)
+    features = small_leave_last.train_features(penalised.feature_keys)
+    plain = train(small_leave_last, 0.0, style, epochs=0)
     plain.set_weights(penalised.get_weights())
-    batch = to_tf_dataset(features).batch(len(with_history.train_rows))
+    batch = to_tf_dataset(features).batch(len(small_leave_last.train_rows))
     np.testing.assert_allclose(penalised.evaluate(batch, verbose=0, return_dict=True)["loss"],
                                plain.evaluate(batch, verbose=0, return_dict=True)["loss"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("style", ["tfrs", "train_step"])
-def test_it_leaves_the_towers_regularization_of_the_batch_as_it_was(with_history, style):
+def test_it_leaves_the_towers_regularization_of_the_batch_as_it_was(small_leave_last, style):
     """A Keras 2 layer called again drops its last call's L2 terms: the penalty must not swap the batch's L2 for its own."""
     def one_step(penalty):
         tf.keras.utils.set_random_seed(5)
-        model = towerkit.assemble(data=with_history, query={**HISTORY, "l2": 0.5}, style=style,
+        model = towerkit.assemble(data=small_leave_last, query={**HISTORY, "l2": 0.5}, style=style,
                                   candidate={"name": "movie", "embedding_dim": 8, "l2": 1.0},
                                   self_score_penalty=penalty)
         model.compile(optimizer=tf.keras.optimizers.Adagrad(0.3))
-        batch = to_tf_dataset(with_history.train_features(model.feature_keys)).take(256).batch(256)
+        batch = to_tf_dataset(small_leave_last.train_features(model.feature_keys)).take(256).batch(256)
         return model.fit(batch, epochs=1, verbose=0).history
 
     without, tiny = one_step(0.0), one_step(1e-9)
@@ -91,15 +81,15 @@ def test_it_leaves_the_towers_regularization_of_the_batch_as_it_was(with_history
     np.testing.assert_allclose(tiny["regularization_loss"], without["regularization_loss"], rtol=1e-6)
 
 
-def test_a_batch_of_empty_histories_costs_nothing(with_history):
-    model = train(with_history, 1.0, epochs=0)
+def test_a_batch_of_empty_histories_costs_nothing(small_leave_last):
+    model = train(small_leave_last, 1.0, epochs=0)
     empty = {"movie_history": tf.ragged.constant([[], []], dtype=tf.int64)}
     assert model.self_score(empty).numpy() == 0.0
 
 
-def test_a_gru_history_is_refused_since_it_does_not_add_item_embeddings(with_history):
+def test_a_gru_history_is_refused_since_it_does_not_add_item_embeddings(small_leave_last):
     with pytest.raises(ConfigError, match="adds up item embeddings.*'gru'"):
-        towerkit.assemble(data=with_history, query={**HISTORY, "pooling": "gru"},
+        towerkit.assemble(data=small_leave_last, query={**HISTORY, "pooling": "gru"},
                           candidate={"name": "movie", "embedding_dim": 8}, self_score_penalty=1.0)
 
 
@@ -108,18 +98,18 @@ def test_without_a_history_pooling_query_tower_it_is_one_clear_error(small_movie
         towerkit.assemble(data=small_movielens, query="user", candidate="movie", self_score_penalty=1.0)
 
 
-def test_a_negative_weight_or_no_data_is_one_clear_error(with_history):
+def test_a_negative_weight_or_no_data_is_one_clear_error(small_leave_last):
     for weight in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="must be a finite non-negative number"):
-            towerkit.assemble(data=with_history, query=HISTORY, candidate="movie", self_score_penalty=weight)
+            towerkit.assemble(data=small_leave_last, query=HISTORY, candidate="movie", self_score_penalty=weight)
     with pytest.raises(ConfigError, match="needs the data"):
         towerkit.assemble(query={**HISTORY, "vocabulary": [1, 2]}, candidate={"name": "movie", "vocabulary": ["a"]},
                           self_score_penalty=1.0)
 
 
-def test_an_item_key_the_candidate_table_lacks_names_its_columns(with_history):
+def test_an_item_key_the_candidate_table_lacks_names_its_columns(small_leave_last):
     with pytest.raises(FeatureError, match="candidate column 'film'.*movie_id"):
-        towerkit.assemble(data=with_history, query={**HISTORY, "item_key": "film"},
+        towerkit.assemble(data=small_leave_last, query={**HISTORY, "item_key": "film"},
                           candidate={"name": "movie", "embedding_dim": 8},
                           self_score_penalty=1.0)
 
@@ -179,19 +169,19 @@ def test_it_trains_under_a_mirrored_strategy_as_without_one(data_dir, tmp_path):
 
     from conftest import run_python
 
-    code = f"""
+    code = """
 import json, tempfile
 import towerkit, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from towerkit import config as rc
 from towerkit.pipeline import run
-out = {{}}
+out = {}
 for strategy in ("default", "mirrored"):
-    raw = rc.apply_overrides(rc.load_recipe("cold-start")[0], [f'train.strategy="{{strategy}}"', "export.enabled=false",
+    raw = rc.apply_overrides(rc.load_recipe("cold-start")[0], [f'train.strategy="{strategy}"', "export.enabled=false",
                              'dataset.source="files"', "train.epochs=2", "model.self_score_penalty=1.0"])
     out[strategy] = run(rc.resolve(raw, "t"), tempfile.mkdtemp(), log=lambda m: None, verbose=0).metrics
-print(json.dumps({{s: m["test"]["model"]["all"] for s, m in out.items()}}))
+print(json.dumps({s: m["test"]["model"]["all"] for s, m in out.items()}))
 """
     result = run_python(code, env={"TOWERKIT_DATA": str(data_dir)}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

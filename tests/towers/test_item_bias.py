@@ -10,16 +10,6 @@ from towerkit.towers.history import HistoryTower
 from towerkit.towers.id_embedding import IdEmbeddingTower
 
 
-@pytest.fixture(scope="module")
-def with_history(tmp_path_factory):
-    from conftest import write_grouplens
-
-    directory = tmp_path_factory.mktemp("bias")
-    write_grouplens(directory / "ml-100k")
-    return towerkit.load_dataset("movielens-100k", data_dir=str(directory), source="files", split="leave-last",
-                                 history_length=5)
-
-
 def test_the_candidate_side_appends_a_learned_per_id_bias_that_round_trips():
     tower = IdEmbeddingTower("movie_id", vocabulary=["1", "2", "3"], embedding_dim=4, item_bias=True)
     ids = tf.constant(["1", "3", "unknown"])
@@ -66,23 +56,23 @@ def test_the_movie_towers_item_bias_refuses_side_features():
         towerkit.create_tower("movie", genres=True, item_bias=True)
 
 
-def test_a_bias_on_one_side_only_is_a_width_error(with_history):
+def test_a_bias_on_one_side_only_is_a_width_error(small_leave_last):
     with pytest.raises(towerkit.TowerkitError, match="33|32"):
-        towerkit.assemble(data=with_history, query={"name": "history", "max_length": 5},
+        towerkit.assemble(data=small_leave_last, query={"name": "history", "max_length": 5},
                           candidate={"name": "movie", "feature": "movie_id", "item_bias": True})
 
 
-def test_a_trained_model_scores_the_embedding_dot_product_plus_the_items_bias(with_history):
+def test_a_trained_model_scores_the_embedding_dot_product_plus_the_items_bias(small_leave_last):
     from towerkit.datasets.base import to_tf_dataset
 
     tf.keras.utils.set_random_seed(5)
-    model = towerkit.assemble(data=with_history, query={"name": "history", "embedding_dim": 8, "item_bias": True},
+    model = towerkit.assemble(data=small_leave_last, query={"name": "history", "embedding_dim": 8, "item_bias": True},
                               candidate={"name": "movie", "embedding_dim": 8, "feature": "movie_id", "item_bias": True},
                               task={"name": "retrieval", "logq_correction": True})
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
-    model.fit(to_tf_dataset(with_history.train_features(model.feature_keys)).batch(256), epochs=2, verbose=0)
+    model.fit(to_tf_dataset(small_leave_last.train_features(model.feature_keys)).batch(256), epochs=2, verbose=0)
     tower = model.candidate_tower
-    movies = tf.constant(with_history.candidate_features["movie_id"].astype(str))
+    movies = tf.constant(small_leave_last.candidate_features["movie_id"].astype(str))
     biases = tower.bias_embedding(tower.lookup(movies)).numpy()[:, 0]
     assert np.ptp(biases) > 0  # training moved the biases apart
     queries = model.query_tower({"movie_history": tf.ragged.constant([[1, 2, 3], [7]], dtype=tf.int64)}).numpy()
