@@ -405,7 +405,7 @@ def _check_values(config: dict[str, Any], origin: str) -> None:
         raise _unknown_key(config["train"]["strategy"], list(STRATEGIES), f"train.strategy of {origin}")
     check_partitioning(config["train"])
     if not (config["model"]["self_score_penalty"] >= 0 and math.isfinite(config["model"]["self_score_penalty"])):
-        raise ConfigError(f"model.self_score_penalty in {origin} must be 0 (off) or a positive weight, "
+        raise ConfigError(f"model.self_score_penalty in {origin} must be 0 (off) or a positive finite weight, "
                           f"got {_show(config['model']['self_score_penalty'])}.")
     if config["model"]["self_score_penalty"] and config["train"]["strategy"] == "parameter-server":
         # Its candidate table is captured by the step function as local constants; that is untested on remote workers.
