@@ -8,6 +8,7 @@ CANDIDATES = 200_000
 DIM = 32
 # What a leaked searcher holds: its float32 rows (for rescoring) and one code byte per 2 dimensions.
 SEARCHER_BYTES = CANDIDATES * (DIM * 4 + DIM // 2)
+BUILDS = 8
 
 # Measured in a fresh interpreter: how a long-lived test process's allocator got to where it is
 # (the files a pytest worker ran before) moves its resident set by as much as a leak would.
@@ -25,6 +26,7 @@ def build_and_query(candidates, query):
     index.index(candidates)
     return index(query)[1].numpy()
 
+BUILDS = {BUILDS}
 candidates = np.random.default_rng(0).normal(size=({CANDIDATES}, {DIM})).astype(np.float32)
 query = candidates[:1]
 for _ in range(2):  # the first builds' one-off costs (tracing, thread pools, the allocators' pools)
@@ -32,7 +34,7 @@ for _ in range(2):  # the first builds' one-off costs (tracing, thread pools, th
 gc.collect()
 before = resident_bytes()
 shapes = []
-for _ in range(4):
+for _ in range(BUILDS):
     shapes.append(list(build_and_query(candidates, query).shape))
     gc.collect()
 print(json.dumps({{"growth": resident_bytes() - before, "shapes": shapes}}))
@@ -43,8 +45,9 @@ def test_rebuilding_an_index_does_not_keep_the_built_searchers():
     result = run_python(MEASURE)
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout.strip().splitlines()[-1])
-    assert measured["shapes"] == [[1, 5]] * 4
+    assert measured["shapes"] == [[1, 5]] * BUILDS
     # Each build used to leave the searcher ScaNN built registered in TensorFlow's resource
-    # manager (about 57 MB a build here, 230 MB over these 4); now the resident set moves
-    # within the allocators' slack (up to about 55 MB either way) and does not grow.
-    assert measured["growth"] < 3 * SEARCHER_BYTES, measured
+    # manager (38 to 57 MB a build here, 300 MB or more over these 8); now the resident set moves
+    # within the allocators' slack and does not grow: -13 to +32 MB quiet, 87 MB once on a
+    # loaded machine (over the 3 searchers' 86 MB this allowed when it measured 4 builds).
+    assert measured["growth"] < 4 * SEARCHER_BYTES, measured
