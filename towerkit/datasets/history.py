@@ -83,6 +83,11 @@ def given_history_column(query_ids: np.ndarray, times: np.ndarray, items: np.nda
     return history_column(query_ids, order, items, np.union1d(train_rows, given_rows), max_length)
 
 
+def _query_time_order(query_ids: np.ndarray, times: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions into ``rows`` that sort them by query, then time, ties by row: the order the cold-start split uses."""
+    return np.lexsort((rows, times[rows], query_ids[rows]))
+
+
 def first_items_history(query_ids: np.ndarray, times: np.ndarray, items: np.ndarray, rows: np.ndarray,
                         count: int, histories: np.ndarray) -> np.ndarray:
     """``histories`` with each of ``rows`` given its query's first ``count`` items among ``rows`` instead.
@@ -99,7 +104,7 @@ def first_items_history(query_ids: np.ndarray, times: np.ndarray, items: np.ndar
     check_positive_int(count, "cold_start_history")
     result = histories.copy()
     rows = np.asarray(rows)
-    order = rows[np.lexsort((rows, times[rows], query_ids[rows]))]
+    order = rows[_query_time_order(query_ids, times, rows)]
     queries = query_ids[order]
     bounds = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1], True]) if len(order) else np.zeros(1, int)
     for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -119,7 +124,7 @@ def rows_after_first(query_ids: np.ndarray, times: np.ndarray, rows: np.ndarray,
     """
     check_positive_int(count, "cold_start_history")
     rows = np.asarray(rows)
-    order = np.lexsort((rows, times[rows], query_ids[rows]))
+    order = _query_time_order(query_ids, times, rows)
     queries = query_ids[rows[order]]
     starts = np.flatnonzero(np.r_[True, queries[1:] != queries[:-1]]) if len(order) else np.zeros(0, int)
     position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
